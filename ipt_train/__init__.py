@@ -1,0 +1,1 @@
+"""ipt_train: the IPT model, streaming DDP pretraining, fine-tuning and evaluation."""
