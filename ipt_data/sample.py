@@ -7,6 +7,7 @@ is a clear error, not a silent empty list.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ipt_data.errors import UserError
@@ -33,3 +34,17 @@ def sample_photographs() -> dict[str, np.ndarray]:
         "motorcycle_right": right,
     }
     return {name: np.ascontiguousarray(photos[name][..., :3]) for name in PHOTO_NAMES}
+
+
+def imagenet_like_jpegs(size: tuple[int, int] = (500, 375), quality: int = 90) -> dict[str, bytes]:
+    """The sample photographs resized to a typical ImageNet size (``size`` = width, height) and
+    JPEG-encoded at ``quality``: the fixed input of the benchmarks."""
+    jpegs = {}
+    for name, photo in sample_photographs().items():
+        resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+        bgr = cv2.cvtColor(resized, cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"OpenCV failed to JPEG-encode the sample photograph {name}")
+        jpegs[name] = encoded.tobytes()
+    return jpegs
