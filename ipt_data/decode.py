@@ -79,9 +79,11 @@ def _decode_with_pil(image: Image.Image, source: str) -> np.ndarray:
 
 
 def _high_depth_to_rgb8(image: Image.Image) -> np.ndarray:
-    """16-bit (or 32-bit) single-channel images: scale the 0..65535 range to 0..255."""
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode != "F":
-        values = values / 257.0
-    gray = np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+    """16-bit (or 32-bit) single-channel images: keep the high byte of the 0..65535 range, as
+    PIL does for 16-bit RGB and OpenCV for both, so that every 16-bit input maps alike."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    else:
+        gray = np.clip(values.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
