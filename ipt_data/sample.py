@@ -7,10 +7,13 @@ is a clear error, not a silent empty list.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 from ipt_data.errors import UserError
+from ipt_data.fileio import encode_image, write_bytes_atomic
 
 # name -> the scikit-image loader; stereo_motorcycle gives two views, both are used.
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right")
@@ -42,9 +45,16 @@ def imagenet_like_jpegs(size: tuple[int, int] = (500, 375), quality: int = 90) -
     jpegs = {}
     for name, photo in sample_photographs().items():
         resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
-        bgr = cv2.cvtColor(resized, cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"OpenCV failed to JPEG-encode the sample photograph {name}")
-        jpegs[name] = encoded.tobytes()
+        jpegs[name] = encode_image(resized, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, quality))
     return jpegs
+
+
+def write_sample_tree(out: str | Path, quality: int = 95) -> list[Path]:
+    """Write the sample photographs (full size, JPEG) as an ImageNet-style tree
+    ``out/nXXXXXXXX/<name>.JPEG``, two photographs per class folder; returns the paths."""
+    paths = []
+    for number, (name, photo) in enumerate(sample_photographs().items()):
+        path = Path(out) / f"n{number // 2:08d}" / f"{name}.JPEG"
+        write_bytes_atomic(path, encode_image(photo, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, quality)))
+        paths.append(path)
+    return paths
