@@ -40,3 +40,25 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
     grid = render_preview(decode_image(read_bytes(image), image), seed, picked)
     write_bytes_atomic(out, encode_image(grid, ".png"))
     click.echo(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]})")
+
+
+@main.command()
+@click.option("--corruptions", is_flag=True, help="Time each corruption stage per image.")
+@click.option("--patches", default=8, show_default=True, help="Patches per image per task.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(corruptions: bool, patches: int, as_json: bool) -> None:
+    """Benchmark on ImageNet-size JPEGs made from the sample photographs (one core)."""
+    import json
+
+    from ipt_data.bench import benchmark_corruptions
+
+    parts = {"corruptions": (corruptions, lambda: benchmark_corruptions(patches))}
+    chosen = [name for name, (flag, _) in parts.items() if flag] or list(parts)  # none: all
+    figures = {name: parts[name][1]() for name in chosen}
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for part, values in figures.items():
+        click.echo(f"{part} (ms per 500x375 image, one core; ratios unitless)")
+        for key, value in values.items():
+            click.echo(f"  {key:32s} {value:8.2f}")
