@@ -1,0 +1,192 @@
+"""Rain streaks after Yang et al. (JORDER / Rain100L): the ``derain`` corruption (SPEC §3).
+
+``O = clip(B + S, 0, 255)`` with ``S >= 0`` one gray layer added equally to R, G and B. ``S`` is
+made procedurally, the way the Rain100L layers were made in an image editor: sparse random
+seeds of random brightness, a motion blur along one direction (an oriented line kernel), a small
+Gaussian blur that sets the streak width, and an intensity scale. The layer is generated over the
+whole image, so streaks run across the borders of the patches cut from it.
+
+To stay cheap (a few ms for a 500x375 image on one core), the seeds are drawn on a canvas whose
+columns already run along the streak direction: the line kernel is then a vertical box filter,
+and one affine warp turns the canvas into the image frame. The noise is i.i.d., so drawing it on
+the rotated canvas gives the same distribution as drawing it in the image frame.
+
+The constants below are calibrated (``ipt-data rain-stats``, see the README) so that light rain
+on scikit-image's colour photographs matches the real Rain100L layers tiled over them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from ipt_data.errors import UserError
+
+
+@dataclass(frozen=True)
+class StreakStyle:
+    """One family of streaks: how many, how long, how wide and how bright."""
+
+    seed_density: float  # streak seeds per canvas pixel
+    brightness_power: float  # seed brightness = U(0,1) ** power: most streaks faint, few bright
+    length: int  # streak length in pixels (the line kernel), odd
+    width_sigma: float  # Gaussian sigma across the streak, pixels
+    gain: float  # S value of a lone streak drawn from a seed of brightness 1
+
+
+# Rain100L: one family of thin light streaks.
+LIGHT = StreakStyle(
+    seed_density=0.0042, brightness_power=2.0, length=35, width_sigma=0.8, gain=120.0
+)
+# Rain100H: several overlapping layers of denser, longer, brighter streaks.
+HEAVY = StreakStyle(
+    seed_density=0.012, brightness_power=1.0, length=45, width_sigma=1.1, gain=160.0
+)
+HEAVY_LAYERS = 4
+HEAVY_LAYER_SPREAD_DEG = 6.0  # tilt of each heavy layer around the image's common tilt
+
+TILT_SIGMA_DEG = 13.6  # tilt from vertical ~ N(0, 13.6°) ...
+TILT_LIMIT_DEG = 27.0  # ... redrawn until within ±27° (SPEC §3, measured on Rain100L)
+
+
+def draw_tilt(rng: np.random.Generator) -> float:
+    """Streak tilt from vertical in degrees: N(0, 13.6°) truncated to ±27° by redrawing."""
+    while True:
+        tilt = TILT_SIGMA_DEG * float(rng.standard_normal())
+        if abs(tilt) <= TILT_LIMIT_DEG:
+            return tilt
+
+
+def streak_layer(
+    height: int, width: int, rng: np.random.Generator, tilt_deg: float, style: StreakStyle
+) -> np.ndarray:
+    """One family of parallel streaks tilted ``tilt_deg`` from vertical (positive: the streaks
+    run from top-left to bottom-right). Returns float32 ``height x width``, values >= 0."""
+    angle = math.radians(tilt_deg)
+    cos, sin = abs(math.cos(angle)), abs(math.sin(angle))
+    # Canvas in the streak frame: covers the rotated image plus one streak length of margin,
+    # so that streaks entering the image from outside are complete.
+    margin = style.length
+    canvas_w = math.ceil(width * cos + height * sin) + 2 * 4
+    canvas_h = math.ceil(width * sin + height * cos) + 2 * margin
+    uniform = rng.random((canvas_h, canvas_w), dtype=np.float32)
+    # Seeds: the pixels with u < density, brightness (1 - u/density) ** power in (0, 1].
+    seeds = np.maximum(1.0 - uniform / np.float32(style.seed_density), 0.0)
+    if style.brightness_power != 1.0:
+        seeds = cv2.pow(seeds, style.brightness_power)
+    streaks = cv2.blur(seeds, (1, style.length), borderType=cv2.BORDER_CONSTANT)
+    streaks = cv2.GaussianBlur(streaks, (0, 0), style.width_sigma, borderType=cv2.BORDER_CONSTANT)
+    streaks *= np.float32(style.gain * style.length)
+    return _canvas_to_image(streaks, height, width, tilt_deg)
+
+
+def _canvas_to_image(canvas: np.ndarray, height: int, width: int, tilt_deg: float) -> np.ndarray:
+    """Rotate the streak-frame canvas (streaks vertical) into the image frame, centres aligned."""
+    canvas_h, canvas_w = canvas.shape
+    # Image pixel offset (dx, dy) from the image centre -> canvas offset from the canvas centre
+    # (cos*dx - sin*dy, sin*dx + cos*dy): the canvas's columns become the image direction
+    # (sin, cos), i.e. a positive tilt moves the streak's lower end to the right (y down).
+    angle = math.radians(tilt_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    kx, ky = (canvas_w - 1) / 2.0, (canvas_h - 1) / 2.0
+    matrix = np.array(
+        [
+            [cos, -sin, kx - cos * cx + sin * cy],
+            [sin, cos, ky - sin * cx - cos * cy],
+        ],
+        dtype=np.float64,
+    )
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(canvas, matrix, (width, height), flags=flags)
+
+
+def rain_layer(
+    height: int, width: int, rng: np.random.Generator, heavy: bool = False
+) -> np.ndarray:
+    """The gray additive rain layer ``S`` for one image: float32 ``height x width``, ``S >= 0``.
+
+    Light rain (the default) is one family of streaks with one direction per image; heavy rain
+    sums several denser families whose directions spread a few degrees around a common tilt.
+    Deterministic given ``rng``.
+    """
+    tilt = draw_tilt(rng)
+    if not heavy:
+        return streak_layer(height, width, rng, tilt, LIGHT)
+    layer = np.zeros((height, width), np.float32)
+    for _ in range(HEAVY_LAYERS):
+        layer_tilt = tilt + HEAVY_LAYER_SPREAD_DEG * float(rng.standard_normal())
+        layer += streak_layer(height, width, rng, layer_tilt, HEAVY)
+    return layer
+
+
+def add_rain(clean: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """``clip(B + round(S), 0, 255)`` with the gray layer added equally to R, G and B."""
+    gray = np.clip(np.rint(layer), 0, 255).astype(np.uint8)
+    return cv2.add(clean, cv2.merge([gray, gray, gray]))  # saturating uint8 add
+
+
+def streak_files(streaks_dir: str) -> list[Path]:
+    """The ``rainstreak-*.png`` files of a folder of real streak layers, sorted by name."""
+    folder = Path(streaks_dir)
+    if not folder.is_dir():
+        raise UserError(f"rain streaks folder {streaks_dir} does not exist or is not a folder")
+    files = sorted(folder.glob("rainstreak-*.png"))
+    if not files:
+        raise UserError(f"rain streaks folder {streaks_dir} has no rainstreak-*.png files")
+    return files
+
+
+def real_streak_layer(
+    files: list[Path], height: int, width: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A real streak layer picked with ``rng``, gray (mean of R, G, B), tiled to cover the image
+    and cropped at a random offset. float32 ``height x width``."""
+    from ipt_data.decode import decode_image
+
+    path = files[int(rng.integers(len(files)))]
+    gray = decode_image(path.read_bytes(), str(path)).astype(np.float32).mean(axis=2)
+    tile_h, tile_w = gray.shape
+    dy, dx = int(rng.integers(tile_h)), int(rng.integers(tile_w))
+    reps = (math.ceil((height + dy) / tile_h), math.ceil((width + dx) / tile_w))
+    return np.ascontiguousarray(np.tile(gray, reps)[dy : dy + height, dx : dx + width])
+
+
+@dataclass(frozen=True)
+class Rain:
+    """The ``derain`` corruption: ``clip(B + S, 0, 255)``, S a gray streak layer made over the
+    whole image (synthesised, or a real ``rainstreak-*.png`` layer from ``streaks_dir``)."""
+
+    heavy: bool = False  # Rain100H-like: several overlapping near-vertical layers
+    streaks_dir: str | None = None  # folder of real streak layers used instead of synthesis
+    scale: ClassVar[int] = 1
+    # Streaks span many pixels: apply to the whole image before cutting patches.
+    pointwise: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.streaks_dir is not None:
+            streak_files(self.streaks_dir)  # fail at configuration time, not in a worker
+
+    def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``clean``: HxWx3 uint8 -> HxWx3 uint8."""
+        if clean.dtype != np.uint8 or clean.ndim != 3 or clean.shape[2] != 3:
+            raise UserError(f"Rain expects HxWx3 uint8 images, got {clean.dtype} {clean.shape}")
+        height, width = clean.shape[:2]
+        if self.streaks_dir is None:
+            layer = rain_layer(height, width, rng, self.heavy)
+        else:
+            layer = real_streak_layer(streak_files(self.streaks_dir), height, width, rng)
+        return add_rain(clean, layer)
+
+    def params(self) -> dict:
+        return {
+            "kind": "rain",
+            "model": "yang2017_procedural" if self.streaks_dir is None else "real_streaks",
+            "heavy": self.heavy,
+            "streaks_dir": self.streaks_dir,
+        }
