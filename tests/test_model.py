@@ -1,0 +1,84 @@
+"""The IPT model's layouts, shapes and interface (SPEC §6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ipt_train.model import IPT, IPTConfig, ipt_full, ipt_tiny
+
+# SPEC §6: parameter counts of the official checkpoints' layouts.
+OFFICIAL_COUNTS = {
+    (2, 3, 4, 1, 1, 1): 118_892_394,
+    (2,): 115_460_443,
+    (3,): 115_645_083,
+    (4,): 115_608_155,
+    (1,): 115_312_731,
+}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("scales", list(OFFICIAL_COUNTS))
+def test_full_layouts_have_the_official_parameter_counts(scales):
+    with torch.device("meta"):  # shapes only: no 450 MB of random init per layout
+        model = IPT(ipt_full(scales))
+    assert n_params(model) == OFFICIAL_COUNTS[scales]
+
+
+def test_full_layout_buffers_and_frozen_mean_shift():
+    with torch.device("meta"):
+        model = IPT(ipt_full())
+    state = model.state_dict()
+    assert state["body.position_encoding.position_ids"].shape == (1, 256)
+    assert state["body.encoder.layers.11.self_attn.in_proj_weight"].shape == (1728, 576)
+    assert state["body.query_embed.weight"].shape == (6, 256 * 576)
+    assert "body.encoder.layers.0.self_attn.in_proj_bias" not in state
+    assert not model.sub_mean.weight.requires_grad and not model.add_mean.bias.requires_grad
+
+
+def test_mean_shift_subtracts_and_adds_the_rgb_mean():
+    model = IPT(ipt_tiny())
+    x = torch.full((1, 3, 4, 4), 100.0)
+    shifted = model.sub_mean(x)
+    assert torch.allclose(shifted[0, :, 0, 0], 100 - 255 * torch.tensor([0.4488, 0.4371, 0.4040]))
+    assert torch.allclose(model.add_mean(shifted), x)
+
+
+@pytest.mark.parametrize("slot, scale", list(enumerate((2, 3, 4, 1, 1, 1))))
+def test_tiny_forward_shapes_for_every_slot(slot, scale):
+    torch.manual_seed(0)
+    cfg = ipt_tiny()
+    model = IPT(cfg).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    with torch.no_grad():
+        out, feats = model(x, slot, return_features=True)
+    assert out.shape == (2, 3, 48 * scale, 48 * scale)
+    assert feats.shape == (2, cfg.num_tokens, cfg.embed_dim) == (2, 256, 144)
+    assert torch.isfinite(out).all()
+
+
+def test_samples_in_a_batch_do_not_mix():
+    torch.manual_seed(0)
+    model = IPT(ipt_tiny()).eval()
+    x = torch.rand(3, 3, 48, 48) * 255
+    with torch.no_grad():
+        batched = model(x, 0)
+        single = model(x[1:2], 0)
+    torch.testing.assert_close(batched[1:2], single, atol=1e-3, rtol=0)
+
+
+def test_task_slot_out_of_range_is_an_error():
+    model = IPT(ipt_tiny(scales=(2,)))
+    with pytest.raises(IndexError):
+        model(torch.zeros(1, 3, 48, 48), 1)
+
+
+def test_config_rejects_inconsistent_values():
+    with pytest.raises(ValueError):
+        IPTConfig(scales=(5,))
+    with pytest.raises(ValueError):
+        IPTConfig(num_heads=7)
+    assert ipt_full().single_task(1).scales == (3,)
