@@ -1,0 +1,110 @@
+"""The source stage: which images a build reads, in a fixed order, cut into chunks.
+
+A source is named by its *image id*, its path relative to the source root written with ``/``.
+The id seeds the image's random streams and appears in every sample, so the order and the ids
+must not depend on the file system's listing order: folders are walked recursively and the ids
+sorted. Files whose extension is not an image's are counted, not read; a file that has an
+image extension but is not an image is the decoder's business (it is skipped with a reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipt_data.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+)
+
+
+@dataclass(frozen=True)
+class SourceList:
+    """The images of one build: ``ids`` in build order, each read from ``root / id``."""
+
+    root: Path
+    ids: tuple[str, ...]
+    non_image_files: int  # files under the root skipped for their extension
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the ordered id list: two builds read the same images iff it matches."""
+        digest = hashlib.sha256()
+        for image_id in self.ids:
+            digest.update(image_id.encode("utf-8", "surrogateescape") + b"\n")
+        return digest.hexdigest()
+
+    def chunks(self, images_per_chunk: int) -> list[tuple[str, ...]]:
+        """Consecutive runs of ``images_per_chunk`` ids; chunk i becomes shard i of each task."""
+        step = images_per_chunk
+        return [self.ids[start : start + step] for start in range(0, len(self.ids), step)]
+
+
+def is_image_name(name: str) -> bool:
+    """True for a file name with a common image extension, in any case (``.JPEG``, ``.png``)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def walk_sources(root: str | Path, limit: int | None = None) -> SourceList:
+    """All image files under ``root`` (recursively), sorted by id; the first ``limit`` if given."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder")
+    ids, skipped = [], 0
+    for folder, subfolders, files in os.walk(root, onerror=_raise_walk_error):
+        subfolders.sort()  # irrelevant to the result (sorted below), keeps the walk repeatable
+        relative = Path(folder).relative_to(root).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        for name in files:
+            if is_image_name(name):
+                ids.append(prefix + name)
+            else:
+                skipped += 1
+    ids.sort()
+    return _limited(root, ids, skipped, limit)
+
+
+def read_file_list(list_path: str | Path, root: str | Path | None = None, limit: int | None = None):
+    """The images named in a text file, one path per line, in the file's order (blank lines and
+    ``#`` comments ignored). Relative paths are relative to ``root``, by default the list's
+    folder; each line as written is the image id."""
+    list_path = Path(list_path)
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UserError(f"{list_path}: cannot read the file list ({error.strerror})") from None
+    ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{list_path}: names some images more than once")
+    images = [image_id for image_id in ids if is_image_name(image_id)]
+    root = Path(root) if root is not None else list_path.parent
+    return _limited(root, images, len(ids) - len(images), limit)
+
+
+def _limited(root: Path, ids: list[str], skipped: int, limit: int | None) -> SourceList:
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        ids = ids[:limit]
+    if not ids:
+        raise UserError(f"{root}: no image files found")
+    return SourceList(root=root, ids=tuple(ids), non_image_files=skipped)
+
+
+def _raise_walk_error(error: OSError) -> None:
+    raise UserError(f"{error.filename}: cannot list folder ({error.strerror})")
+
+
+def open_sources(
+    src: str | Path | None, file_list: str | Path | None = None, limit: int | None = None
+) -> SourceList:
+    """The command line's choice: ``file_list`` (paths relative to ``src`` if given) or the
+    folder ``src`` walked recursively."""
+    if file_list is not None:
+        return read_file_list(file_list, src, limit)
+    if src is None:
+        raise UserError("give the images: --src FOLDER, or --files LIST")
+    return walk_sources(src, limit)

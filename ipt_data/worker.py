@@ -1,0 +1,169 @@
+"""The worker: one chunk of sources -> that chunk's shard of every task, plus its stats file.
+
+Stages per image, streamed (one decoded image in memory at a time, whatever the chunk size):
+read -> decode -> for each task: cut aligned pairs from the corrupted image -> PNG-encode ->
+append to the task's open shard. Shards are renamed into place when complete; the chunk's stats
+file is written after all of them, so its presence marks the chunk done (a resumed build skips
+it). Nothing here depends on which process runs the chunk or when.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ipt_data.decode import decode_image
+from ipt_data.errors import UnreadableImage
+from ipt_data.fileio import write_bytes_atomic
+from ipt_data.patches import ImageTooSmall, cut_pairs
+from ipt_data.seeding import image_rng
+from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
+from ipt_data.tasks import Task, get_task
+
+STATE_FOLDER = "_build"  # build parameters and per-chunk stats (done-markers) of a shard set
+_KEY_UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a worker needs for one chunk; ``first_number`` numbers its images globally."""
+
+    index: int
+    first_number: int
+    image_ids: tuple[str, ...]
+    root: str
+    out: str
+    task_names: tuple[str, ...]
+    patches_per_image: int
+    seed: int
+
+
+@dataclass
+class ChunkStats:
+    chunk: int
+    images: int = 0
+    decoded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> images
+    too_small: dict[str, int] = field(default_factory=dict)  # task -> images
+    shards: dict[str, dict] = field(default_factory=dict)  # task -> path/samples/bytes/sha256
+    # Run-time figures, for the summary and the benchmark; never copied into the manifest.
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+
+    @property
+    def patches(self) -> int:
+        return sum(shard["samples"] for shard in self.shards.values())
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ChunkStats:
+        return cls(**json.loads(data))
+
+
+def shard_name(task_name: str, index: int) -> str:
+    """Shard path relative to the set's root: ``<task>/<task>-NNNNNN.tar``."""
+    return f"{task_name}/{task_name}-{index:06d}.tar"
+
+
+def stats_path(out: str | Path, index: int) -> Path:
+    return Path(out) / STATE_FOLDER / f"chunk-{index:06d}.json"
+
+
+def sample_key(number: int, image_id: str, patch: int) -> str:
+    """A unique, dot-free key: the image's global number (unique), a readable slug of its id,
+    the patch index. Example: ``00000042_n01440764_n01440764_10026_p3``."""
+    slug = _KEY_UNSAFE.sub("_", image_id.rsplit(".", 1)[0]).strip("_")[-80:]
+    return f"{number:08d}_{slug}_p{patch}"
+
+
+def process_chunk(job: ChunkJob) -> tuple[int, ChunkStats]:
+    """Write chunk ``job.index``'s shard of every task, then its stats file (the done-marker)."""
+    start = time.perf_counter()
+    cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
+    tasks = [get_task(name) for name in job.task_names]
+    stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})
+    with ExitStack() as stack:
+        writers = {
+            task.name: stack.enter_context(
+                ShardWriter(Path(job.out, shard_name(task.name, job.index)))
+            )
+            for task in tasks
+        }
+        for offset, image_id in enumerate(job.image_ids):
+            stats.images += 1
+            image = _read_image(Path(job.root, image_id), stats)
+            if image is None:
+                continue
+            stats.decoded += 1
+            for task in tasks:
+                _write_pairs(
+                    writers[task.name], image, task, job, job.first_number + offset, image_id, stats
+                )
+        for name, writer in writers.items():
+            info = writer.close()
+            stats.shards[name] = {
+                "path": shard_name(name, job.index),
+                "samples": info.samples,
+                "bytes": info.bytes,
+                "sha256": info.sha256,
+            }
+    stats.seconds = time.perf_counter() - start
+    stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    write_bytes_atomic(stats_path(job.out, job.index), stats.to_json())
+    return job.index, stats
+
+
+def _read_image(path: Path, stats: ChunkStats) -> np.ndarray | None:
+    """The decoded RGB image, or None after counting why it was skipped."""
+    try:
+        return decode_image(path.read_bytes(), str(path))
+    except UnreadableImage as error:
+        reason = error.reason
+    except OSError:
+        reason = "unreadable_file"
+    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+    return None
+
+
+def _write_pairs(
+    writer: ShardWriter,
+    image: np.ndarray,
+    task: Task,
+    job: ChunkJob,
+    number: int,
+    image_id: str,
+    stats: ChunkStats,
+) -> None:
+    """Cut one image's pairs for one task and append them to the task's shard."""
+    rng, seed64 = image_rng(job.seed, image_id, task.name)
+    try:
+        pairs = cut_pairs(image, task, rng, job.patches_per_image)
+    except ImageTooSmall:
+        stats.too_small[task.name] += 1
+        return
+    for patch, pair in enumerate(pairs):
+        metadata = {
+            "source": image_id,
+            "image_size": list(image.shape[:2]),
+            "box": list(pair.box),
+            "task": task.params(),
+            "seed": job.seed,
+            "image_seed": seed64,
+            "patch": patch,
+        }
+        members = {
+            "input.png": encode_png(pair.input),
+            "target.png": encode_png(pair.target),
+            "json": sample_json(metadata),
+        }
+        writer.write(sample_key(number, image_id, patch), members)
