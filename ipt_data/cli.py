@@ -62,3 +62,80 @@ def bench(corruptions: bool, patches: int, as_json: bool) -> None:
         click.echo(f"{part} (ms per 500x375 image, one core; ratios unitless)")
         for key, value in values.items():
             click.echo(f"  {key:32s} {value:8.2f}")
+
+
+@main.command()
+@click.option("--src", type=click.Path(), help="Image folder, walked recursively (n*/*.JPEG).")
+@click.option(
+    "--files",
+    "file_list",
+    type=click.Path(dir_okay=False),
+    help="Text file naming the images, one per line, relative to --src (else to its folder).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard set folder.")
+@click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
+@click.option("--patches-per-image", default=8, show_default=True, help="Pairs per image per task.")
+@click.option("--seed", default=0, show_default=True, help="Seed of crops and corruptions.")
+@click.option(
+    "--images-per-shard",
+    type=int,
+    default=None,
+    help="Images per chunk (one shard per task); default ipt_data.build.DEFAULT_IMAGES_PER_SHARD.",
+)
+@click.option("--limit", type=int, help="Only the first N images (in sorted order).")
+@click.option("--workers", type=int, help="Tasks at once [default: all cores / cluster CPUs].")
+@click.option("--address", help="Join this Ray cluster (host:port) instead of a local one.")
+@click.option("--no-progress", is_flag=True, help="No live progress bar.")
+def build(
+    src: str | None,
+    file_list: str | None,
+    out: str,
+    tasks: str,
+    patches_per_image: int,
+    seed: int,
+    images_per_shard: int | None,
+    limit: int | None,
+    workers: int | None,
+    address: str | None,
+    no_progress: bool,
+) -> None:
+    """Build (or resume) a WebDataset shard set of the IPT tasks from an image folder."""
+    from ipt_data.build import DEFAULT_IMAGES_PER_SHARD, BuildConfig, build_shards, summary_lines
+    from ipt_data.distributor import RayConfig
+    from ipt_data.sources import open_sources
+    from ipt_data.tasks import parse_tasks
+
+    config = BuildConfig(
+        tasks=tuple(parse_tasks(tasks)),
+        patches_per_image=patches_per_image,
+        seed=seed,
+        images_per_shard=images_per_shard or DEFAULT_IMAGES_PER_SHARD,
+        ray=RayConfig(workers=workers, address=address, progress=not no_progress),
+    )
+    result = build_shards(open_sources(src, file_list, limit), out, config)
+    click.echo("\n".join(summary_lines(result)))
+
+
+@main.command()
+@click.argument("shards", type=click.Path())
+@click.option("--workers", type=int, help="Processes [default: all cores].")
+def verify(shards: str, workers: int | None) -> None:
+    """Re-hash and decode every shard of the set SHARDS against its manifest."""
+    from ipt_data.errors import UserError
+    from ipt_data.verify import verify_shard_set
+
+    report = verify_shard_set(shards, workers)
+    for name, problem in report.problems.items():
+        click.echo(f"BAD {name}: {problem}")
+    if not report.ok:
+        raise UserError(f"{len(report.problems)} of {report.shards} shards are bad")
+    click.echo(f"OK: {report.shards} shards, {report.samples} samples")
+
+
+@main.command()
+@click.argument("shards", type=click.Path())
+def info(shards: str) -> None:
+    """Print the build parameters and per-task counts and sizes of the shard set SHARDS."""
+    from ipt_data.verify import describe_shard_set
+
+    click.echo("\n".join(describe_shard_set(shards)))

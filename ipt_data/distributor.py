@@ -1,0 +1,128 @@
+"""The distributor: run chunk jobs as Ray tasks, a bounded number at a time, with retries and a
+live progress bar.
+
+Without an address it starts a local Ray instance on this machine's cores (or ``workers`` of
+them); with one it joins that cluster, whose nodes must all see the output folder. If Ray is
+already initialised in this process (a notebook, the tests) that instance is used and left
+running. A task that still fails after its retries is reported loudly at the end, after the
+other chunks have finished; their work is kept, so rerunning the build retries only the failures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from ipt_data.errors import UserError
+from ipt_data.worker import ChunkJob, ChunkStats, process_chunk
+
+# The object store only carries small stats back; Ray's default (30% of RAM) would be wasted.
+LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    # Tasks at once; default: this machine's cores (local) or the cluster's CPUs (--address).
+    workers: int | None = None
+    address: str | None = None  # join this Ray cluster instead of starting a local instance
+    retries: int = 2  # extra attempts of a failed or crashed task
+    progress: bool = True  # live bar on stderr
+
+
+class BuildFailed(UserError):
+    """Some chunks failed after all retries; the others are complete and kept."""
+
+
+@contextmanager
+def ray_session(config: RayConfig) -> Iterator[int]:
+    """Connect to Ray for the duration of the block; yields how many tasks to run at once."""
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started and config.address:
+        ray.init(address=config.address, log_to_driver=False)
+    elif started:
+        cores = config.workers or os.cpu_count() or 1
+        ray.init(
+            num_cpus=cores,
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+        )
+    try:
+        yield config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_chunks(
+    jobs: list[ChunkJob],
+    config: RayConfig,
+    on_done: Callable[[ChunkStats], None] = lambda stats: None,
+) -> list[ChunkStats]:
+    """Run every job as a Ray task, at most ``workers`` at once; returns their stats by chunk."""
+    ray = _import_ray()
+    total_images = sum(len(job.image_ids) for job in jobs)
+    done, failures = [], {}
+    with ray_session(config) as in_flight_limit, _progress_bar(total_images, config) as bar:
+        remote = ray.remote(num_cpus=1)(process_chunk).options(
+            max_retries=config.retries, retry_exceptions=True
+        )
+        pending, queue = {}, list(reversed(jobs))
+        while pending or queue:
+            while queue and len(pending) < in_flight_limit:
+                job = queue.pop()
+                pending[remote.remote(job)] = job
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready)
+            try:
+                _, stats = ray.get(ready)
+            except ray.exceptions.RayError as error:
+                failures[job.index] = error
+                bar.update(len(job.image_ids))
+                continue
+            done.append(stats)
+            on_done(stats)
+            _advance(bar, stats, done)
+    if failures:
+        raise BuildFailed(_failure_message(failures))
+    return sorted(done, key=lambda stats: stats.chunk)
+
+
+@contextmanager
+def _progress_bar(total_images: int, config: RayConfig) -> Iterator[tqdm]:
+    bar = tqdm(
+        total=total_images, unit="img", desc="build", disable=not config.progress, smoothing=0.1
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _advance(bar: tqdm, stats: ChunkStats, done: list[ChunkStats]) -> None:
+    bar.update(stats.images)
+    patches = sum(chunk.patches for chunk in done)
+    skipped = sum(sum(chunk.skipped.values()) for chunk in done)
+    bar.set_postfix(patches=patches, skipped=skipped, refresh=False)
+
+
+def _failure_message(failures: dict[int, Exception]) -> str:
+    chunks = ", ".join(str(index) for index in sorted(failures))
+    first = failures[min(failures)]
+    return (
+        f"{len(failures)} chunk(s) failed after all retries: {chunks}. The other chunks are "
+        f"complete; rerun the same command to retry only these. First failure:\n{first}"
+    )
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as error:  # a declared dependency: missing means a broken install
+        raise UserError("ipt-data build needs Ray: pip install 'ray[default]'") from error
+    return ray

@@ -1,0 +1,179 @@
+"""``manifest.json``: what a shard set holds and how it was made (SPEC §4).
+
+The manifest is the build's identity (format and tool version, build parameters, source
+fingerprint) plus its result (per task: shards with sample count, byte size and sha256, images
+too small for the task; images skipped by reason). It holds no times or host names, so the same
+build gives the same manifest bytes.
+
+The identity is also written to ``_build/params.json`` when a build starts: a rerun into the
+same folder resumes only when its identity is the same, and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ipt_data import __version__
+from ipt_data.errors import UserError
+from ipt_data.fileio import write_bytes_atomic
+from ipt_data.sources import SourceList
+from ipt_data.tasks import INPUT_SIZE, Task
+from ipt_data.worker import STATE_FOLDER, ChunkStats
+
+FORMAT = "ipt-data shard set"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_FIELDS = {"path": str, "samples": int, "bytes": int, "sha256": str}
+
+
+def build_identity(
+    tasks: list[Task],
+    patches_per_image: int,
+    seed: int,
+    images_per_shard: int,
+    sources: SourceList,
+) -> dict:
+    """The parameters that determine a shard set's bytes (worker count and paths do not)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "params": {
+            "seed": seed,
+            "patches_per_image": patches_per_image,
+            "images_per_shard": images_per_shard,
+            "tasks": {task.name: task.params() for task in tasks},
+        },
+        "source": {
+            "fingerprint": sources.fingerprint,
+            "images": len(sources.ids),
+            "non_image_files": sources.non_image_files,
+        },
+    }
+
+
+def claim_output(out: str | Path, identity: dict) -> bool:
+    """Make ``out`` this build's folder; True when it resumes an earlier run of the same build.
+
+    Refuses (:class:`UserError`) a folder that holds anything else, including a shard set built
+    with other parameters or from other sources, rather than mixing two sets.
+    """
+    out = Path(out)
+    params_path = out / STATE_FOLDER / "params.json"
+    identity = json.loads(_dumps(identity))  # as it reads back: tuples become lists
+    if params_path.is_file():
+        earlier = _load_json(params_path)
+        if earlier != identity:
+            changed = _differences(earlier, identity)
+            raise UserError(
+                f"{out} already holds a shard set built differently ({changed}); "
+                "rerun with the same parameters to resume it, or choose another --out"
+            )
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"{out} exists and is not an empty folder or an ipt-data build; choose another --out"
+        )
+    write_bytes_atomic(params_path, _dumps(identity))
+    return False
+
+
+def make_manifest(identity: dict, chunks: list[ChunkStats]) -> dict:
+    """The manifest of a finished build: its identity plus the per-task shards and counts."""
+    chunks = sorted(chunks, key=lambda stats: stats.chunk)
+    skipped: dict[str, int] = {}
+    if identity["source"]["non_image_files"]:
+        skipped["non_image_file"] = identity["source"]["non_image_files"]
+    for stats in chunks:
+        for reason, count in stats.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    tasks = {}
+    for name, params in identity["params"]["tasks"].items():
+        shards = [stats.shards[name] for stats in chunks]
+        tasks[name] = {
+            "input_size": INPUT_SIZE,
+            "target_size": INPUT_SIZE * params["scale"],
+            "samples": sum(shard["samples"] for shard in shards),
+            "bytes": sum(shard["bytes"] for shard in shards),
+            "too_small": sum(stats.too_small[name] for stats in chunks),
+            "shards": shards,
+        }
+    images = {
+        "listed": sum(stats.images for stats in chunks),
+        "decoded": sum(stats.decoded for stats in chunks),
+        "skipped": dict(sorted(skipped.items())),
+    }
+    return {**identity, "images": images, "tasks": tasks}
+
+
+def write_manifest(out: str | Path, manifest: dict) -> Path:
+    path = Path(out) / MANIFEST_NAME
+    write_bytes_atomic(path, _dumps(manifest))
+    return path
+
+
+def read_manifest(shard_set: str | Path) -> dict:
+    """Read and check the manifest of the shard set at ``shard_set`` (its folder or the file)."""
+    path = Path(shard_set)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(
+            f"{path}: no manifest (is this an ipt-data shard set? is the build finished?)"
+        )
+    manifest = _load_json(path)
+    _validate(manifest, path)
+    return manifest
+
+
+def _validate(manifest: object, path: Path) -> None:
+    def fail(problem: str) -> None:
+        raise UserError(f"{path}: bad manifest: {problem}")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fail(f"not an {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        fail(f"format version {manifest.get('format_version')!r}, this tool reads {FORMAT_VERSION}")
+    for key in ("params", "source", "images", "tasks"):
+        if not isinstance(manifest.get(key), dict):
+            fail(f"missing {key!r}")
+    for name, task in manifest["tasks"].items():
+        if not isinstance(task, dict) or not isinstance(task.get("shards"), list):
+            fail(f"task {name!r} has no shard list")
+        for shard in task["shards"]:
+            if not isinstance(shard, dict) or any(
+                not isinstance(shard.get(key), kind) for key, kind in SHARD_FIELDS.items()
+            ):
+                fail(f"task {name!r}: a shard entry lacks path/samples/bytes/sha256")
+            if Path(shard["path"]).is_absolute() or ".." in Path(shard["path"]).parts:
+                fail(f"shard path {shard['path']!r} leaves the shard set")
+
+
+def _differences(earlier: dict, now: dict, prefix: str = "") -> str:
+    """Which fields differ, e.g. ``params.seed: 0 -> 1``."""
+    changes = []
+    for key in sorted(set(earlier) | set(now)):
+        before, after = earlier.get(key), now.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            nested = _differences(before, after, f"{prefix}{key}.")
+            changes.extend([nested] if nested else [])
+        elif before != after:
+            changes.append(f"{prefix}{key}: {_short(before)} -> {_short(after)}")
+    return "; ".join(changes)
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot read JSON ({error})") from None
+
+
+def _dumps(value: dict) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=False) + "\n").encode()
