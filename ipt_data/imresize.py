@@ -10,9 +10,11 @@ width, and so do we.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ipt_data.errors import UserError
 
@@ -29,15 +31,14 @@ def cubic(x: np.ndarray) -> np.ndarray:
     return inner + outer
 
 
-@lru_cache(maxsize=256)
-def contributions(in_length: int, out_length: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """MATLAB's ``contributions``: weights [out, taps] (float64) and 0-based input indices.
+@lru_cache(maxsize=64)
+def _sample_grid(out_length: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [out, taps] (normalised, float64) and unmirrored 0-based input positions [out, taps].
 
-    Output pixel x (1-based) samples input position u = x/scale + 0.5(1 - 1/scale); the taps are
-    floor(u - width/2) + 0..ceil(width)+1, weighted by the (widened) kernel and normalised to sum 1.
-    Indices past either border are mirrored symmetrically (period 2·in_length); tap columns whose
-    weight is zero for every output pixel are dropped, as MATLAB does. The arrays are cached and
-    read-only.
+    Output pixel x (1-based) samples input position u = x/scale + 0.5(1 - 1/scale); its taps are
+    floor(u - width/2) + 0..ceil(width)+1 (1-based), weighted by the kernel (widened by 1/scale
+    when downscaling) and normalised to sum 1. Tap columns that are zero for every output pixel
+    are dropped, as MATLAB does. Positions may lie outside the image; see :func:`_mirror`.
     """
     antialias = scale < 1
     width = _KERNEL_WIDTH / scale if antialias else _KERNEL_WIDTH
@@ -49,17 +50,78 @@ def contributions(in_length: int, out_length: int, scale: float) -> tuple[np.nda
     distance = u[:, None] - positions
     weights = scale * cubic(scale * distance) if antialias else cubic(distance)
     weights /= weights.sum(axis=1, keepdims=True)
-    mirror = np.concatenate([np.arange(in_length), np.arange(in_length)[::-1]])
-    indices = mirror[np.mod(positions.astype(np.int64) - 1, 2 * in_length)]
     used = np.any(weights != 0, axis=0)
-    weights, indices = weights[:, used], indices[:, used]
-    weights.flags.writeable = False
-    indices.flags.writeable = False
-    return weights, indices
+    return weights[:, used], positions[:, used].astype(np.int64) - 1
 
 
-def _resize_axis(image: np.ndarray, axis: int, out_length: int, scale: float) -> np.ndarray:
-    """Resize float64 ``image`` along ``axis`` (0 = height, 1 = width) to ``out_length``."""
+def _mirror(positions: np.ndarray, in_length: int) -> np.ndarray:
+    """Map 0-based positions onto 0..in_length-1 by symmetric reflection (period 2·in_length,
+    the edge pixel repeated: ... 1 0 | 0 1 ... n-1 | n-1 n-2 ...), MATLAB's 'symmetric'."""
+    period = np.mod(positions, 2 * in_length)
+    return np.where(period < in_length, period, 2 * in_length - 1 - period)
+
+
+def contributions(in_length: int, out_length: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB's ``contributions``: weights [out, taps] and 0-based input indices [out, taps]."""
+    weights, positions = _sample_grid(out_length, scale)
+    return weights, _mirror(positions, in_length)
+
+
+@dataclass(frozen=True)
+class _BandedPlan:
+    """An integer-factor resize along one axis as a batch of identical small matrix products.
+
+    With an integer factor the sampling grid repeats: every ``outputs`` consecutive output pixels
+    (one block) use the same weights on inputs shifted by ``step``. So the pass is
+    ``out[block j] = matrix @ padded[j*step : j*step + window]``, one dense [outputs, window]
+    matrix for all blocks, applied by BLAS to a strided view of the symmetrically padded input.
+    """
+
+    matrix: np.ndarray  # [outputs, window] float64, zeros off the band
+    gather: np.ndarray  # [step*(blocks-1) + window] input indices, the padded axis
+    step: int
+    blocks: int
+    out_length: int
+
+
+# Output pixels per block: larger blocks mean fewer, bigger BLAS calls but more zero products.
+_BLOCK_OUTPUTS = 4
+
+
+@lru_cache(maxsize=256)
+def _banded_plan(in_length: int, out_length: int, scale: float, period: int, shift: int):
+    """Plan for a grid that repeats every ``period`` outputs with input shift ``shift``."""
+    repeats = max(1, _BLOCK_OUTPUTS // period)
+    outputs, step = period * repeats, shift * repeats
+    blocks = -(-out_length // outputs)
+    weights, positions = _sample_grid(blocks * outputs, scale)
+    start = positions[0, 0]
+    local = positions[:outputs] - start
+    # The grid must repeat (it does for integer factors); weights of later blocks may differ
+    # from the first block's by a rounding error (x/scale inexact), far below uint8 resolution.
+    shifts = step * np.repeat(np.arange(blocks), outputs)[:, None]
+    if not np.array_equal(positions, np.tile(local, (blocks, 1)) + start + shifts):
+        raise AssertionError(f"bicubic sampling grid for scale {scale} does not repeat")
+    matrix = np.zeros((outputs, int(local.max()) + 1))
+    np.put_along_axis(matrix, local, weights[:outputs], axis=1)
+    gather = _mirror(start + np.arange(step * (blocks - 1) + matrix.shape[1]), in_length)
+    return _BandedPlan(matrix, gather, step, blocks, out_length)
+
+
+def _resize_rows(plan: _BandedPlan, image: np.ndarray) -> np.ndarray:
+    """Resize [L, N] (uint8 or float) along axis 0: -> [out_length, N] float64."""
+    padded = np.take(image, plan.gather, axis=0).astype(np.float64, copy=False)  # [L', N]
+    n = padded.shape[1]
+    row, item = padded.strides
+    window = plan.matrix.shape[1]
+    windows = as_strided(
+        padded, (plan.blocks, window, n), (plan.step * row, row, item), writeable=False
+    )  # [blocks, window, N], overlapping views of the padded rows
+    return np.matmul(plan.matrix, windows).reshape(-1, n)[: plan.out_length]
+
+
+def _resize_axis_generic(image: np.ndarray, axis: int, out_length: int, scale: float) -> np.ndarray:
+    """Resize float64 ``image`` along ``axis`` tap by tap (any scale; the reference path)."""
     weights, indices = contributions(image.shape[axis], out_length, scale)
     out_shape = list(image.shape)
     out_shape[axis] = out_length
@@ -84,9 +146,15 @@ def _check_image(image: np.ndarray) -> None:
         raise UserError(f"imresize: image is empty (shape {image.shape})")
 
 
-def round_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Round half away from zero (MATLAB's uint8 conversion) and clip to 0..255."""
-    return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+def round_to_uint8(values: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Round half away from zero (MATLAB's uint8 conversion) and clip to 0..255.
+
+    ``overwrite=True`` uses ``values`` (float64) as scratch space, saving a large allocation.
+    """
+    shifted = np.add(values, 0.5, out=values if overwrite else None)
+    np.floor(shifted, out=shifted)
+    np.clip(shifted, 0, 255, out=shifted)
+    return shifted.astype(np.uint8)
 
 
 def imresize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -98,11 +166,42 @@ def imresize(image: np.ndarray, scale: float) -> np.ndarray:
     _check_image(image)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise UserError(f"imresize: scale must be a positive number, got {scale!r}")
-    out_h = math.ceil(image.shape[0] * scale)
-    out_w = math.ceil(image.shape[1] * scale)
-    result = _resize_axis(image.astype(np.float64), 0, out_h, float(scale))
-    result = _resize_axis(result, 1, out_w, float(scale))
-    return round_to_uint8(result) if image.dtype == np.uint8 else result
+    scale = float(scale)
+    height, width = image.shape[:2]
+    out_h, out_w = math.ceil(height * scale), math.ceil(width * scale)
+    pixels = image.reshape(height, width, -1)  # [H, W, C]
+    repeat = _grid_repeat(scale)
+    if repeat is None:
+        result = _resize_axis_generic(pixels.astype(np.float64), 0, out_h, scale)
+        result = _resize_axis_generic(result, 1, out_w, scale)
+    else:
+        result = _resize_banded(pixels, out_h, out_w, scale, repeat)
+    if image.dtype == np.uint8:
+        result = round_to_uint8(result, overwrite=True)  # before the copy below: copy bytes
+    return np.ascontiguousarray(result).reshape(out_h, out_w, *image.shape[2:])
+
+
+def _resize_banded(
+    pixels: np.ndarray, out_h: int, out_w: int, scale: float, repeat: tuple[int, int]
+) -> np.ndarray:
+    """Integer-factor resize of [H, W, C] pixels: height first (as MATLAB), then width; each pass
+    resizes the leading axis so that BLAS reads whole contiguous rows. -> [out_h, out_w, C]."""
+    height, width, channels = pixels.shape
+    rows = _resize_rows(_banded_plan(height, out_h, scale, *repeat), pixels.reshape(height, -1))
+    by_column = rows.reshape(out_h, width, channels).transpose(1, 2, 0).reshape(width, -1)
+    columns = _resize_rows(_banded_plan(width, out_w, scale, *repeat), by_column)  # [W', C*H']
+    return columns.reshape(out_w, channels, out_h).transpose(2, 0, 1)
+
+
+def _grid_repeat(scale: float) -> tuple[int, int] | None:
+    """(period, shift) of the sampling grid for an integer factor up or down, else None:
+    upscaling by s repeats every s outputs, one input on; downscaling every output, s inputs on."""
+    if scale >= 1 and scale.is_integer():
+        return int(scale), 1
+    inverse = 1 / scale
+    if abs(inverse - round(inverse)) < 1e-9:
+        return 1, round(inverse)
+    return None
 
 
 def _check_factor(factor: int) -> int:
