@@ -1,0 +1,113 @@
+"""Our IPT against the official implementation: the fixture in tests/fixtures was produced once by
+the official code (see tests/fixtures/README.md); these tests need only our code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ipt_train.checkpoint import build_model, config_from_state_dict
+from ipt_train.model import IPT, IPTConfig, ipt_full
+from ipt_train.model.attention import Attention
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def official_small():
+    content = torch.load(FIXTURES / "official_small.pt", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in content["state_dict"].items()}
+    return content["config"], state, content["input"].float(), content["outputs"]
+
+
+def test_official_small_weights_load_strict_and_reproduce_every_slot(official_small):
+    config, state, x, expected = official_small
+    cfg = IPTConfig(
+        scales=tuple(config["scales"]),
+        n_feats=config["n_feats"],
+        patch_size=config["patch_size"],
+        num_heads=config["num_heads"],
+        num_layers=config["num_layers"],
+    )
+    model = IPT(cfg).eval()
+    model.load_state_dict(state, strict=True)
+    for slot, want in enumerate(expected):
+        with torch.no_grad():
+            got = model(x, slot)
+        assert got.shape == want.shape
+        assert (got - want).abs().max().item() <= 0.05, slot
+        same = (got.round().clamp(0, 255) == want.round().clamp(0, 255)).float().mean().item()
+        assert same >= 0.999, slot
+
+
+def test_layout_is_read_back_from_the_official_weights(official_small):
+    config, state, _, _ = official_small
+    cfg = config_from_state_dict(state, num_heads=config["num_heads"])
+    assert cfg.scales == (2, 3, 4, 1, 1, 1)
+    assert (cfg.n_feats, cfg.patch_size, cfg.num_layers) == (4, 12, 2)
+    build_model(state, num_heads=3)  # strict load
+
+
+def test_full_state_dict_keys_shapes_and_order_are_the_official_ones():
+    layout = json.loads((FIXTURES / "official_full_layout.json").read_text())
+    with torch.device("meta"):
+        state = IPT(ipt_full()).state_dict()
+    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+    assert ours == layout
+
+
+def test_a_state_dict_in_the_official_layout_loads_strict():
+    layout = json.loads((FIXTURES / "official_full_layout.json").read_text())
+    # Single-task x2 layout: keep slot 0, as IPT_sr2.pt does.
+    state = {}
+    for key, shape, dtype in layout:
+        if key.startswith(("head.", "tail.")) and not key.startswith(("head.0.", "tail.0.")):
+            continue
+        if key == "body.query_embed.weight":
+            shape = [1, shape[1]]
+        state[key] = torch.zeros(shape, dtype=getattr(torch, dtype))
+    with torch.device("meta"):
+        model = IPT(ipt_full(scales=(2,)))
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def reference_attention(attn: Attention, query, key, value):
+    """The official layout's computation: nn.MultiheadAttention on [N, B, E], sharing weights."""
+    dim = attn.in_proj_weight.shape[1]
+    mha = torch.nn.MultiheadAttention(dim, attn.num_heads, bias=False)
+    mha.load_state_dict(attn.state_dict())
+    out, _ = mha(query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1))
+    return out.transpose(0, 1)
+
+
+@pytest.mark.parametrize("sharing", ["qkv", "qk", "kv", "none"])
+def test_sdpa_attention_equals_the_packed_multihead_attention(sharing):
+    torch.manual_seed(0)
+    attn = Attention(72, 6)
+    a, b, c = (torch.randn(2, 16, 72) * 3 for _ in range(3))
+    query, key, value = {"qkv": (a, a, a), "qk": (a, a, b), "kv": (a, b, b), "none": (a, b, c)}[
+        sharing
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            attn(query, key, value), reference_attention(attn, query, key, value)
+        )
+    assert set(attn.state_dict()) == {"in_proj_weight", "out_proj.weight"}
+    assert attn.in_proj_weight.shape == (216, 72)
+
+
+def test_bf16_autocast_runs_forward_and_backward_on_cpu(official_small):
+    config, state, x, expected = official_small
+    model = build_model(state, num_heads=config["num_heads"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, 0)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits: outputs of ~200 move by about one grey level.
+    assert F.l1_loss(out.float(), expected[0]).item() < 1.0
+    out.float().mean().backward()
+    grad = model.body.encoder.layers[0].self_attn.in_proj_weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
