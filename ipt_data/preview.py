@@ -52,7 +52,9 @@ def _corrupted_view(image: np.ndarray, task: Task, seed: int, top: int, left: in
 
 def _label(task: Task) -> list[str]:
     params = task.corruption.params()
-    details = [f"{key} {value}" for key, value in params.items() if key != "kind"]
+    details = [
+        f"{key} {value}" for key, value in params.items() if key != "kind" and value is not None
+    ]
     return [task.name, params["kind"].replace("_", " "), *details]
 
 
