@@ -1,0 +1,219 @@
+"""build_shards on a real local Ray instance: an ImageNet-style tree of the sample photographs
+plus broken and odd files -> shard sets read back with the real webdataset library."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ipt_data.build import BuildConfig, build_shards
+from ipt_data.decode import decode_image
+from ipt_data.distributor import RayConfig
+from ipt_data.errors import UserError
+from ipt_data.imresize import downscale
+from ipt_data.sources import open_sources, walk_sources
+from ipt_data.tasks import TASKS
+from ipt_data.worker import stats_path
+
+PATCHES = 3
+IMAGES_PER_SHARD = 4
+# What make_source_tree writes: 6 photographs + 9 files with image names, one text file.
+EXPECTED_SKIPPED = {"empty": 1, "non_image_file": 1, "not_an_image": 1, "truncated": 1}
+EXPECTED_DECODED = 12
+EXPECTED_TOO_SMALL = {"sr_x3": 1, "sr_x4": 1}  # the 120x120 image
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def make_source_tree(root: Path, photos: dict[str, np.ndarray]) -> Path:
+    """``root/nXXXXXXXX/*.JPEG`` (the photographs, JPEG q90, two per class) and a class folder
+    of broken and odd files; returns ``root``."""
+    for number, (name, photo) in enumerate(photos.items()):
+        path = root / f"n{number // 2:08d}" / f"{name}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_encoded(Image.fromarray(photo), "JPEG", quality=90))
+    odd = root / "n99999999"
+    odd.mkdir()
+    crop = photos["coffee"][100:300, 200:400]  # 200x200: holds every task's target crop
+    jpeg = _encoded(Image.fromarray(crop), "JPEG", quality=90)
+    wide = cv2.cvtColor(crop.astype(np.uint16) * 257, cv2.COLOR_RGB2BGR)
+    files = {
+        "truncated.JPEG": jpeg[: len(jpeg) // 2],
+        "empty.JPEG": b"",
+        "text.JPEG": b"this is not an image\n" * 20,
+        "cmyk.JPEG": _encoded(Image.fromarray(crop).convert("CMYK"), "JPEG", quality=90),
+        "gray.JPEG": _encoded(Image.fromarray(crop[..., 1]), "JPEG", quality=90),
+        "rgba.PNG": _encoded(Image.fromarray(np.dstack([crop, crop[..., :1]])), "PNG"),
+        "deep.png": cv2.imencode(".png", wide)[1].tobytes(),
+        "png_named.JPEG": _encoded(Image.fromarray(crop), "PNG"),
+        "tiny.jpg": _encoded(Image.fromarray(crop[:120, :120]), "JPEG", quality=90),
+        "notes.txt": b"class folder notes\n",
+    }
+    for name, data in files.items():
+        (odd / name).write_bytes(data)
+    return root
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    """sha256 of every tar under ``out``, by relative path."""
+    return {
+        path.relative_to(out).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(out.glob("*/*.tar"))
+    }
+
+
+def read_with_webdataset(out: Path, task: str) -> list[dict]:
+    import webdataset as wds
+
+    urls = [str(path) for path in sorted((out / task).glob("*.tar"))]
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8")
+    return list(dataset)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, sample_photos) -> Path:
+    return make_source_tree(tmp_path_factory.mktemp("src"), sample_photos)
+
+
+def _config(workers: int, **changes) -> BuildConfig:
+    values = {"patches_per_image": PATCHES, "images_per_shard": IMAGES_PER_SHARD}
+    return BuildConfig(**{**values, **changes}, ray=RayConfig(workers=workers, progress=False))
+
+
+@pytest.fixture(scope="module")
+def built(ray_instance, tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("built") / "set"
+    build_shards(walk_sources(tree), out, _config(workers=2))
+    return out
+
+
+def test_sources_are_sorted_and_non_images_counted(tree, tmp_path):
+    sources = walk_sources(tree)
+    assert list(sources.ids) == sorted(sources.ids) and len(sources.ids) == 15
+    assert sources.non_image_files == 1 and "n99999999/rgba.PNG" in sources.ids
+    assert walk_sources(tree, limit=4).ids == sources.ids[:4]
+    listed = tmp_path / "list.txt"
+    listed.write_text("# two images\nn00000000/chelsea.JPEG\nn00000000/astronaut.JPEG\n")
+    from_list = open_sources(tree, listed)
+    assert from_list.ids == ("n00000000/chelsea.JPEG", "n00000000/astronaut.JPEG")
+    assert from_list.fingerprint != walk_sources(tree, limit=2).fingerprint
+    with pytest.raises(UserError, match="no such folder"):
+        walk_sources(tree / "missing")
+
+
+def test_manifest_counts_sizes_and_hashes(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    images = manifest["images"]
+    assert images["listed"] == 15 and images["decoded"] == EXPECTED_DECODED
+    assert images["skipped"] == EXPECTED_SKIPPED
+    assert manifest["params"]["seed"] == 0 and manifest["params"]["patches_per_image"] == PATCHES
+    assert list(manifest["tasks"]) == list(TASKS)
+    for name, task in manifest["tasks"].items():
+        too_small = EXPECTED_TOO_SMALL.get(name, 0)
+        assert task["too_small"] == too_small
+        assert task["samples"] == (EXPECTED_DECODED - too_small) * PATCHES
+        assert [shard["path"] for shard in task["shards"]] == [
+            f"{name}/{name}-{index:06d}.tar" for index in range(4)
+        ]
+        for shard in task["shards"]:
+            data = (built / shard["path"]).read_bytes()
+            assert len(data) == shard["bytes"]
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    assert not list(built.glob("*/.*.tmp"))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_webdataset_reads_aligned_pairs(built, tree, name):
+    task = TASKS[name]
+    samples = read_with_webdataset(built, name)
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert len(samples) == manifest["tasks"][name]["samples"]
+    keys = [sample["__key__"] for sample in samples]
+    assert len(set(keys)) == len(keys) and not any("." in key for key in keys)
+    sources = {}
+    for sample in samples:
+        meta = sample["json"]
+        source = meta["source"]
+        if source not in sources:
+            sources[source] = decode_image((tree / source).read_bytes(), source)
+        image, (top, left, height, width) = sources[source], meta["box"]
+        assert meta["task"] == task.params() and meta["seed"] == 0
+        low, high = sample["input.png"], sample["target.png"]
+        assert low.shape == (48, 48, 3) and high.shape == (task.target_size,) * 2 + (3,)
+        np.testing.assert_array_equal(high, image[top : top + height, left : left + width])
+        _assert_corrupted(task, low, high)
+
+
+def _assert_corrupted(task, low: np.ndarray, high: np.ndarray) -> None:
+    if task.scale > 1:
+        # The whole-image downscale sees pixels outside the target: equal away from the border.
+        expected = downscale(high, task.scale)
+        inner = np.abs(low.astype(int) - expected)[2:-2, 2:-2]
+        assert inner.max() <= 1 and (inner == 0).mean() > 0.99
+    elif task.name == "derain":
+        assert (low >= high).all() and (low > high).any()  # streaks only add light
+        rain = low.astype(int) - high
+        unclipped = low.max(axis=2) < 255
+        assert (rain[..., 0] == rain[..., 1])[unclipped].all()  # one gray layer
+    else:
+        sigma = task.corruption.params()["sigma"]
+        residual = (low.astype(float) - high)[(high > 60) & (high < 195)]
+        assert 0.85 * sigma < residual.std() < 1.1 * sigma
+
+
+def test_one_worker_gives_the_same_bytes(built, tree, tmp_path):
+    out = tmp_path / "one"
+    result = build_shards(walk_sources(tree), out, _config(workers=1))
+    assert result.chunks_run == 4
+    assert (out / "manifest.json").read_bytes() == (built / "manifest.json").read_bytes()
+    assert shard_hashes(out) == shard_hashes(built)
+
+
+def test_resume_runs_only_missing_chunks(built, tree, tmp_path):
+    out = tmp_path / "resumed"
+    sources = walk_sources(tree)
+    build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
+    for path in (out / "derain").glob("*-000002.tar"):
+        path.unlink()
+    stats_path(out, 2).unlink()
+    (out / "derain" / ".derain-000003.tar.123.tmp").write_bytes(b"left by a killed worker")
+    result = build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
+    assert (result.chunks_run, result.chunks_total) == (1, 4)
+    assert shard_hashes(out) == {
+        path: digest for path, digest in shard_hashes(built).items() if path.startswith("derain/")
+    }
+    assert not list(out.glob("*/.*.tmp"))
+
+
+def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path):
+    before = shard_hashes(built)
+    with pytest.raises(UserError, match=r"params\.seed: 0 -> 1"):
+        build_shards(walk_sources(tree), built, _config(workers=2, seed=1))
+    with pytest.raises(UserError, match=r"source\.fingerprint"):
+        build_shards(walk_sources(tree, limit=5), built, _config(workers=2))
+    assert shard_hashes(built) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="not an empty folder"):
+        build_shards(walk_sources(tree), foreign, _config(workers=2))
