@@ -1,0 +1,120 @@
+"""Tiled inference: geometry, blending, padding, self-ensemble, batching."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ipt_data.errors import UserError
+from ipt_train.model import IPT, ipt_tiny
+from ipt_train.tiling import TileConfig, restore_tiled, symmetric_pad, tile_starts
+
+
+class NearestUpscale(torch.nn.Module):
+    """A translation-equivariant stand-in with the model's call signature: every output pixel
+    depends on its own input pixel only, so tiling must not change its result at all."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, slot: int) -> torch.Tensor:
+        y = x.repeat_interleave(self.scale, 2).repeat_interleave(self.scale, 3)
+        return y * 0.5 + slot
+
+
+@pytest.fixture(scope="module")
+def tiny() -> IPT:
+    torch.manual_seed(0)
+    return IPT(ipt_tiny()).eval()
+
+
+def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator).float()
+
+
+def test_tile_starts_cover_the_axis_and_end_at_the_border():
+    assert tile_starts(48, 48, 24) == [0]
+    assert tile_starts(100, 48, 24) == [0, 24, 48, 52]
+    assert tile_starts(96, 48, 0) == [0, 48]
+    for length in range(48, 200, 7):
+        starts = tile_starts(length, 48, 12)
+        assert starts[0] == 0 and starts[-1] == length - 48
+        assert all(0 < b - a <= 36 for a, b in itertools.pairwise(starts))
+
+
+@pytest.mark.parametrize("blend", ["uniform", "distance"])
+@pytest.mark.parametrize("slot", [0, 3])
+def test_one_tile_image_is_bit_identical_to_a_forward_pass(tiny, blend, slot):
+    x = image(48, 48)
+    with torch.no_grad():
+        whole = tiny(x[None], slot)[0]
+    tiled = restore_tiled(tiny, x, slot, tiny.cfg.scales[slot], TileConfig(blend=blend))
+    assert torch.equal(tiled, whole)
+
+
+@pytest.mark.parametrize("blend", ["uniform", "distance"])
+@pytest.mark.parametrize("size", [(30, 17), (48, 130), (101, 77)])
+def test_blending_is_exact_for_a_pixelwise_operator(blend, size):
+    x = image(*size)
+    op = NearestUpscale(3)
+    tiled = restore_tiled(op, x, 2, 3, TileConfig(overlap=20, blend=blend, batch=5))
+    torch.testing.assert_close(tiled, op(x[None], 2)[0], rtol=0, atol=1e-4)
+    ensemble = restore_tiled(op, x, 2, 3, TileConfig(blend=blend, self_ensemble=True))
+    torch.testing.assert_close(ensemble, op(x[None], 2)[0], rtol=0, atol=1e-4)
+
+
+def test_small_image_is_padded_symmetrically_then_cropped(tiny):
+    x = image(20, 33)
+    tiled = restore_tiled(tiny, x, 0, 2, TileConfig())
+    assert tiled.shape == (3, 40, 66)
+    with torch.no_grad():
+        padded = tiny(symmetric_pad(x, 48, 48)[None], 0)[0]
+    assert torch.equal(tiled, padded[:, :40, :66])
+
+
+def test_symmetric_pad_matches_numpy_for_any_amount():
+    x = image(5, 7)
+    got = symmetric_pad(x, 48, 20).numpy()
+    want = np.pad(x.numpy(), ((0, 0), (0, 43), (0, 13)), mode="symmetric")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_tile_batch_size_does_not_change_the_result(tiny):
+    x = image(70, 100, seed=3)
+    small = restore_tiled(tiny, x, 4, 1, TileConfig(batch=1, blend="distance"))
+    large = restore_tiled(tiny, x, 4, 1, TileConfig(batch=64, blend="distance"))
+    assert small.shape == (3, 70, 100)
+    torch.testing.assert_close(small, large, rtol=0, atol=1e-3)
+
+
+def test_blends_differ_only_where_tiles_overlap(tiny):
+    x = image(48, 60, seed=4)
+    uniform = restore_tiled(tiny, x, 0, 2, TileConfig(overlap=24, blend="uniform"))
+    distance = restore_tiled(tiny, x, 0, 2, TileConfig(overlap=24, blend="distance"))
+    # Tiles start at x = 0 and 12: columns 0..11 and 48..59 are seen by one tile only.
+    assert torch.equal(uniform[:, :, :24], distance[:, :, :24])
+    assert torch.equal(uniform[:, :, 96:], distance[:, :, 96:])
+    assert not torch.equal(uniform[:, :, 24:96], distance[:, :, 24:96])
+
+
+def test_self_ensemble_commutes_with_transposition(tiny):
+    x = image(48, 48, seed=5)
+    tiles = TileConfig(self_ensemble=True)
+    direct = restore_tiled(tiny, x, 1, 3, tiles)
+    transposed = restore_tiled(tiny, x.transpose(1, 2).contiguous(), 1, 3, tiles)
+    torch.testing.assert_close(direct, transposed.transpose(1, 2), rtol=0, atol=1e-3)
+    with torch.no_grad():
+        plain = tiny(x[None], 1)[0]
+    assert not torch.allclose(direct, plain, atol=1e-2)
+
+
+def test_bad_tile_settings_are_user_errors():
+    with pytest.raises(UserError, match="blend"):
+        TileConfig(blend="max")
+    with pytest.raises(UserError, match="overlap"):
+        TileConfig(overlap=48)
