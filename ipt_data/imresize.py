@@ -109,8 +109,10 @@ def _banded_plan(in_length: int, out_length: int, scale: float, period: int, shi
 
 
 def _resize_rows(plan: _BandedPlan, image: np.ndarray) -> np.ndarray:
-    """Resize [L, N] (uint8 or float) along axis 0: -> [out_length, N] float64."""
-    padded = np.take(image, plan.gather, axis=0).astype(np.float64, copy=False)  # [L', N]
+    """Resize [L, ...] (uint8 or float, any strides) along axis 0: -> [out_length, N] float64,
+    N the product of the trailing axes."""
+    padded = np.take(image, plan.gather, axis=0)  # [L', ...], one contiguous copy of any view
+    padded = padded.reshape(len(padded), -1).astype(np.float64, copy=False)  # [L', N]
     n = padded.shape[1]
     row, item = padded.strides
     window = plan.matrix.shape[1]
@@ -149,12 +151,12 @@ def _check_image(image: np.ndarray) -> None:
 def round_to_uint8(values: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Round half away from zero (MATLAB's uint8 conversion) and clip to 0..255.
 
-    ``overwrite=True`` uses ``values`` (float64) as scratch space, saving a large allocation.
+    Clipping first leaves only non-negative values, for which the truncating cast of x + 0.5 is
+    floor(x + 0.5). ``overwrite=True`` uses ``values`` (float64) as scratch space.
     """
-    shifted = np.add(values, 0.5, out=values if overwrite else None)
-    np.floor(shifted, out=shifted)
-    np.clip(shifted, 0, 255, out=shifted)
-    return shifted.astype(np.uint8)
+    clipped = np.clip(values, 0, 255, out=values if overwrite else None)
+    clipped += 0.5
+    return clipped.astype(np.uint8)
 
 
 def imresize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -187,8 +189,8 @@ def _resize_banded(
     """Integer-factor resize of [H, W, C] pixels: height first (as MATLAB), then width; each pass
     resizes the leading axis so that BLAS reads whole contiguous rows. -> [out_h, out_w, C]."""
     height, width, channels = pixels.shape
-    rows = _resize_rows(_banded_plan(height, out_h, scale, *repeat), pixels.reshape(height, -1))
-    by_column = rows.reshape(out_h, width, channels).transpose(1, 2, 0).reshape(width, -1)
+    rows = _resize_rows(_banded_plan(height, out_h, scale, *repeat), pixels)  # [H', W*C]
+    by_column = rows.reshape(out_h, width, channels).transpose(1, 2, 0)  # [W, C, H'] view
     columns = _resize_rows(_banded_plan(width, out_w, scale, *repeat), by_column)  # [W', C*H']
     return columns.reshape(out_w, channels, out_h).transpose(2, 0, 1)
 
