@@ -139,3 +139,21 @@ def info(shards: str) -> None:
     from ipt_data.verify import describe_shard_set
 
     click.echo("\n".join(describe_shard_set(shards)))
+
+
+@main.command("rain-stats")
+@click.argument("folder", type=click.Path())
+@click.option("--pairs", is_flag=True, help="Measure real rain-N / norain-N pairs in FOLDER.")
+@click.option("--heavy", is_flag=True, help="Synthesise heavy (Rain100H-like) rain.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthesised rain.")
+@click.option("--draws", default=1, show_default=True, help="Rain layers drawn per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def rain_stats(folder: str, pairs: bool, heavy: bool, seed: int, draws: int, as_json: bool) -> None:
+    """Rain-streak statistics (SPEC §3) of our rain over every clean image in FOLDER, or of the
+    real pairs in FOLDER with --pairs."""
+    import json
+
+    from ipt_data.rainstats import format_summary, rain_statistics
+
+    summary = rain_statistics(folder, pairs=pairs, heavy=heavy, seed=seed, draws=draws)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -226,19 +226,24 @@ def _partner(rain_path: Path, candidates: list[Path]) -> Path:
 
 
 def rain_statistics(
-    folder: str | Path, pairs: bool = False, heavy: bool = False, seed: int = 0
+    folder: str | Path, pairs: bool = False, heavy: bool = False, seed: int = 0, draws: int = 1
 ) -> dict[str, float]:
     """Summary figures of the real pairs under ``folder`` (``pairs``), or of our rain
-    synthesised over every clean image under it."""
+    synthesised over every clean image under it, ``draws`` times per image (seeds ``seed``,
+    ``seed + 1``, ...)."""
     if pairs:
         measured = [
             pair_statistics(read_image(clean), read_image(rainy))
             for rainy, clean in real_pairs(folder)
         ]
     else:
+        if draws < 1:
+            raise UserError(f"draws must be at least 1, got {draws}")
+        rain = Rain(heavy=heavy)
         measured = [
             pair_statistics(clean, rainy)
-            for _, clean, rainy in synthesized_pairs(folder, Rain(heavy=heavy), seed)
+            for draw in range(draws)
+            for _, clean, rainy in synthesized_pairs(folder, rain, seed + draw)
         ]
     return summarize(measured)
 
