@@ -1,0 +1,89 @@
+"""The work behind ``ipt-train restore``: run a checkpoint's task over image files and folders.
+
+Each input image is decoded to RGB (``ipt_data.decode``), restored by tiled inference
+(:mod:`ipt_train.tiling`), rounded to uint8 and written as PNG under the output folder, atomically
+(an output file is either complete or absent). Folders are searched recursively and their
+relative layout is kept; a file given directly is written as ``<stem>.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ipt_data.decode import decode_image
+from ipt_data.errors import UserError
+from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
+from ipt_data.tasks import get_task
+from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.tiling import TileConfig, restore_tiled
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """(image file, output path relative to the output folder) for files and folders."""
+    jobs: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: no image files in this folder")
+            jobs += [(p, p.relative_to(item).with_suffix(".png")) for p in found]
+        elif item.is_file():
+            jobs.append((item, Path(item.stem + ".png")))
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    names = [name for _, name in jobs]
+    if len(set(names)) != len(names):
+        clash = next(name for name in names if names.count(name) > 1)
+        raise UserError(f"two inputs would both be written to {clash}; restore them separately")
+    return jobs
+
+
+def pick_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; asking for a GPU that is not there is a UserError."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def restore_image(
+    model: torch.nn.Module, rgb: np.ndarray, slot: int, scale: int, tiles: TileConfig
+) -> np.ndarray:
+    """HxWx3 uint8 -> (sH)x(sW)x3 uint8 through tiled inference on the model's device."""
+    device = next(model.parameters()).device
+    x = torch.tensor(rgb, device=device).permute(2, 0, 1).float()  # copy: [3, H, W]
+    y = restore_tiled(model, x, slot, scale, tiles)
+    return y.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def restore_files(
+    checkpoint: str | Path,
+    task_name: str,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    tiles: TileConfig | None = None,
+    device: str = "cpu",
+    num_heads: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Restore every input image with the checkpoint's ``task_name`` slot; returns the outputs."""
+    task = get_task(task_name)
+    jobs = collect_inputs(inputs)
+    model = load_model(checkpoint, num_heads).to(pick_device(device))
+    slot = slot_for_task(model.cfg, task)
+    tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
+    written = []
+    for source, name in tqdm(jobs, desc=f"restore {task.name}", unit="image", disable=not progress):
+        rgb = decode_image(read_bytes(source), str(source))
+        restored = restore_image(model, rgb, slot, model.cfg.scales[slot], tiles)
+        write_bytes_atomic(Path(out_dir) / name, encode_image(restored, ".png"))
+        written.append(Path(out_dir) / name)
+    return written

@@ -1,0 +1,95 @@
+"""``ipt-train restore`` end to end on real image files, through the real CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ipt_data.decode import decode_image
+from ipt_data.fileio import encode_image
+from ipt_train.checkpoint import export_official, load_model, save_checkpoint
+from ipt_train.cli import main
+from ipt_train.model import IPT, ipt_tiny
+from ipt_train.restore import restore_image
+from ipt_train.tiling import TileConfig
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    save_checkpoint(folder / "tiny6.pt", IPT(ipt_tiny()))
+    export_official(IPT(ipt_tiny(scales=(3,))), folder / "tiny_sr3.pt")  # plain state_dict
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, sample_photos):
+    folder = tmp_path_factory.mktemp("inputs")
+    astronaut, coffee = sample_photos["astronaut"], sample_photos["coffee"]
+    (folder / "set" / "sub").mkdir(parents=True)
+    (folder / "set" / "a.png").write_bytes(encode_image(astronaut[100:160, 200:250], ".png"))
+    (folder / "set" / "sub" / "b.jpg").write_bytes(encode_image(coffee[:40, :70], ".jpg"))
+    (folder / "single.png").write_bytes(encode_image(coffee[50:80, 90:120], ".png"))
+    return folder
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["restore", *map(str, args)])
+
+
+def test_restore_files_and_folders(checkpoints, inputs, tmp_path):
+    out = tmp_path / "out"
+    ckpt = checkpoints / "tiny6.pt"
+    result = run(
+        "--ckpt", ckpt, "--task", "sr_x2", inputs / "set", inputs / "single.png", "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "a.png",
+        "single.png",
+        "sub/b.png",
+    ]
+    restored = decode_image((out / "a.png").read_bytes(), "a.png")
+    assert restored.shape == (120, 100, 3)
+    source = decode_image((inputs / "set" / "a.png").read_bytes(), "a.png")
+    expected = restore_image(load_model(ckpt), source, 0, 2, TileConfig())
+    np.testing.assert_array_equal(restored, expected)
+    assert decode_image((out / "sub" / "b.png").read_bytes(), "b").shape == (80, 140, 3)
+
+
+def test_single_task_checkpoint_runs_its_own_task(checkpoints, inputs, tmp_path):
+    out = tmp_path / "out"
+    ckpt = checkpoints / "tiny_sr3.pt"
+    args = ("--num-heads", 4, "--blend", "distance", "--overlap", 12)
+    result = run("--ckpt", ckpt, "--task", "sr_x3", *args, inputs / "single.png", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert decode_image((out / "single.png").read_bytes(), "x").shape == (90, 90, 3)
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("sr_x2", "single-task x3 model; task sr_x2 needs a x2 model"),
+        ("sr_x5", "unknown task 'sr_x5'"),
+    ],
+)
+def test_task_that_does_not_fit_is_one_clear_error(checkpoints, inputs, tmp_path, task, message):
+    out = tmp_path / "out"
+    ckpt = checkpoints / "tiny_sr3.pt"
+    result = run("--ckpt", ckpt, "--num-heads", 4, "--task", task, inputs / "single.png", "-o", out)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_bad_checkpoint_and_missing_input_are_clear_errors(checkpoints, inputs, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((checkpoints / "tiny6.pt").read_bytes()[:10_000])
+    result = run("--ckpt", corrupt, "--task", "sr_x2", inputs / "single.png", "-o", tmp_path / "o")
+    assert result.exit_code == 1 and "not a readable PyTorch checkpoint" in result.output
+    missing = inputs / "nope.png"
+    result = run("--ckpt", checkpoints / "tiny6.pt", "--task", "sr_x2", missing, "-o", tmp_path)
+    assert result.exit_code == 1 and "nope.png: no such file or folder" in result.output
