@@ -168,7 +168,10 @@ def imresize(image: np.ndarray, scale: float) -> np.ndarray:
     uint8 (rounded half away from zero, clipped) for uint8 input, float64 (unrounded) otherwise.
     """
     _check_image(image)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    numeric = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
+        scale, bool
+    )
+    if not (numeric and math.isfinite(scale) and scale > 0):
         raise UserError(f"imresize: scale must be a positive number, got {scale!r}")
     scale = float(scale)
     height, width = image.shape[:2]

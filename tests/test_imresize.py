@@ -160,6 +160,7 @@ def test_views_constants_and_one_pixel_images(sample_photos):
     assert upscale(pixel, 3).shape == (3, 3, 3) and np.all(upscale(pixel, 3) == pixel)
     np.testing.assert_array_equal(downscale(image, 1), image)
     np.testing.assert_array_equal(imresize(image, 0.5), downscale(image, 2))
+    np.testing.assert_array_equal(imresize(image, np.float64(3)), upscale(image, 3))
 
 
 def test_output_size_is_the_ceiling():
@@ -186,6 +187,7 @@ def test_mod_crop_keeps_the_top_left():
         (lambda: mod_crop(np.zeros((8, 8), np.uint8), 1.0), "integer >= 1, got 1.0"),
         (lambda: imresize(np.zeros((8, 8), np.uint8), 0), "positive number, got 0"),
         (lambda: imresize(np.zeros((8, 8), np.uint8), float("nan")), "positive number"),
+        (lambda: imresize(np.zeros((8, 8), np.uint8), True), "positive number, got True"),
         (lambda: downscale(np.zeros((8, 8), np.int16), 2), "uint8 or floating, got int16"),
         (lambda: downscale(np.zeros((8, 8), bool), 2), "uint8 or floating, got bool"),
         (lambda: downscale(np.zeros(8, np.uint8), 2), r"HxW or HxWxC, got shape \(8,\)"),
