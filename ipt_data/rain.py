@@ -16,6 +16,7 @@ on scikit-image's colour photographs matches the real Rain100L layers tiled over
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
+from ipt_data.fileio import read_bytes
 
 
 @dataclass(frozen=True)
@@ -146,26 +149,26 @@ def add_rain(clean: np.ndarray, layer: np.ndarray) -> np.ndarray:
     return cv2.add(clean, cv2.merge([gray, gray, gray]))  # saturating uint8 add
 
 
-def streak_files(streaks_dir: str) -> list[Path]:
-    """The ``rainstreak-*.png`` files of a folder of real streak layers, sorted by name."""
+@functools.lru_cache(maxsize=8)
+def streak_files(streaks_dir: str) -> tuple[Path, ...]:
+    """The ``rainstreak-*.png`` files of a folder of real streak layers, sorted by name (listed
+    once per process: a build calls this for every image)."""
     folder = Path(streaks_dir)
     if not folder.is_dir():
         raise UserError(f"rain streaks folder {streaks_dir} does not exist or is not a folder")
-    files = sorted(folder.glob("rainstreak-*.png"))
+    files = tuple(sorted(folder.glob("rainstreak-*.png")))
     if not files:
         raise UserError(f"rain streaks folder {streaks_dir} has no rainstreak-*.png files")
     return files
 
 
 def real_streak_layer(
-    files: list[Path], height: int, width: int, rng: np.random.Generator
+    files: tuple[Path, ...], height: int, width: int, rng: np.random.Generator
 ) -> np.ndarray:
     """A real streak layer picked with ``rng``, gray (mean of R, G, B), tiled to cover the image
     and cropped at a random offset. float32 ``height x width``."""
-    from ipt_data.decode import decode_image
-
     path = files[int(rng.integers(len(files)))]
-    gray = decode_image(path.read_bytes(), str(path)).astype(np.float32).mean(axis=2)
+    gray = decode_image(read_bytes(path), str(path)).astype(np.float32).mean(axis=2)
     tile_h, tile_w = gray.shape
     dy, dx = int(rng.integers(tile_h)), int(rng.integers(tile_w))
     reps = (math.ceil((height + dy) / tile_h), math.ceil((width + dx) / tile_w))
@@ -185,6 +188,8 @@ class Rain:
 
     def __post_init__(self) -> None:
         if self.streaks_dir is not None:
+            if self.heavy:
+                raise UserError("heavy rain is synthetic: give either heavy or streaks_dir")
             streak_files(self.streaks_dir)  # fail at configuration time, not in a worker
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:

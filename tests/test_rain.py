@@ -147,6 +147,8 @@ def test_missing_or_empty_streak_folder_is_a_user_error(tmp_path):
     (tmp_path / "streak-1.png").write_bytes(b"not a streak layer name")
     with pytest.raises(UserError, match=f"{tmp_path}.*no rainstreak-"):
         Rain(streaks_dir=str(tmp_path))
+    with pytest.raises(UserError, match="either heavy or streaks_dir"):
+        Rain(heavy=True, streaks_dir=str(tmp_path))
 
 
 @pytest.fixture(scope="module")
