@@ -47,6 +47,7 @@ def ray_session(config: RayConfig) -> Iterator[int]:
     elif started:
         cores = config.workers or os.cpu_count() or 1
         ray.init(
+            address="local",  # a new instance, even where `ray start` left a cluster running
             num_cpus=cores,
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,

@@ -85,7 +85,7 @@ def read_with_webdataset(out: Path, task: str) -> list[dict]:
 def ray_instance():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
     yield
     ray.shutdown()
 
