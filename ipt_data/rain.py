@@ -16,9 +16,9 @@ on scikit-image's colour photographs matches the real Rain100L layers tiled over
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,7 +30,7 @@ from ipt_data.errors import UserError
 from ipt_data.fileio import read_bytes
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StreakStyle:
     """One family of parallel streaks: how many, how long, how wide and how bright."""
 
@@ -175,7 +175,7 @@ def real_streak_layer(
     return np.ascontiguousarray(np.tile(gray, reps)[dy : dy + height, dx : dx + width])
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Rain:
     """The ``derain`` corruption: ``clip(B + S, 0, 255)``, S a gray streak layer made over the
     whole image (synthesised, or a real ``rainstreak-*.png`` layer from ``streaks_dir``)."""
@@ -204,9 +204,13 @@ class Rain:
         return add_rain(clean, layer)
 
     def params(self) -> dict:
-        return {
-            "kind": "rain",
-            "model": "yang2017_procedural" if self.streaks_dir is None else "real_streaks",
-            "heavy": self.heavy,
-            "streaks_dir": self.streaks_dir,
-        }
+        """The options and, for synthesis, the model constants: a build made with other
+        constants is a different data set, and its manifest must say so."""
+        if self.streaks_dir is not None:
+            return {"kind": "rain", "model": "real_streaks", "streaks_dir": self.streaks_dir}
+        params = {"kind": "rain", "model": "yang2017_procedural", "heavy": self.heavy}
+        params["style"] = dataclasses.asdict(HEAVY if self.heavy else LIGHT)
+        params["tilt_deg"] = {"sigma": TILT_SIGMA_DEG, "limit": TILT_LIMIT_DEG}
+        if self.heavy:
+            params["layers"] = {"count": HEAVY_LAYERS, "spread_deg": HEAVY_LAYER_SPREAD_DEG}
+        return params

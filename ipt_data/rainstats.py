@@ -199,7 +199,8 @@ def real_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     for path in image_files(folder):
         match = _PAIR_NAME.match(path.name)
         if match:
-            (clean if match.group(1) else rainy).setdefault(match.group(2), []).append(path)
+            number = str(int(match.group(2)))  # rain-001 pairs with norain-1
+            (clean if match.group(1) else rainy).setdefault(number, []).append(path)
     if not rainy and not clean:
         raise UserError(f"{folder}: no rain-N / norain-N image pairs found")
     pairs = []

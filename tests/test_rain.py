@@ -103,6 +103,8 @@ def test_heavy_rain_is_rain100h_like(sample_photos):
     figures = _measure(sample_photos, Rain(heavy=True), range(1))
     assert 12.0 <= figures["psnr_y"] <= 16.0
     assert figures["touched"] > 0.9
+    params = json.loads(json.dumps(Rain(heavy=True).params()))
+    assert params["heavy"] is True and params["style"] != Rain().params()["style"]
 
 
 def _write_streak_folder(folder: Path, rng: np.random.Generator) -> list[np.ndarray]:
@@ -174,7 +176,7 @@ def test_pairs_recover_the_statistics_of_the_synthesis(clean_folder, tmp_path):
     for index, (_, clean, rainy) in enumerate(synthesized_pairs(clean_folder, Rain(), 3)):
         sub = tmp_path / f"part{index % 2}"
         sub.mkdir(exist_ok=True)
-        (sub / f"norain-{index + 1}.png").write_bytes(encode_image(clean, ".png"))
+        (sub / f"norain-{index + 1:03d}.png").write_bytes(encode_image(clean, ".png"))
         (sub / f"rain-{index + 1}.png").write_bytes(encode_image(rainy, ".png"))
     recovered = _run("--pairs", str(tmp_path), "--json")
     assert recovered.exit_code == 0, recovered.output
