@@ -1,0 +1,100 @@
+"""`ipt-data verify` and `ipt-data info` on a real built shard set, intact and damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ipt_data.build import BuildConfig, build_shards
+from ipt_data.cli import main
+from ipt_data.distributor import RayConfig
+from ipt_data.sources import walk_sources
+from ipt_data.tasks import parse_tasks
+from ipt_data.verify import verify_shard_set
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory, sample_photos) -> Path:
+    """sr_x2 and denoise_30 from three photographs, one image per shard."""
+    from test_build import make_source_tree
+
+    tree = make_source_tree(tmp_path_factory.mktemp("src"), sample_photos)
+    config = BuildConfig(
+        tasks=tuple(parse_tasks("sr_x2,denoise_30")),
+        patches_per_image=2,
+        images_per_shard=1,
+        ray=RayConfig(workers=2, progress=False),
+    )
+    out = tmp_path_factory.mktemp("set") / "shards"
+    build_shards(walk_sources(tree, limit=3), out, config)
+    return out
+
+
+@pytest.fixture()
+def damaged(shard_set, tmp_path) -> Path:
+    """A copy with one shard byte-flipped, one truncated and one deleted."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_set, copy)
+    flipped = copy / "sr_x2/sr_x2-000000.tar"
+    data = bytearray(flipped.read_bytes())
+    data[2000] ^= 0x01  # inside the first PNG
+    flipped.write_bytes(bytes(data))
+    truncated = copy / "denoise_30/denoise_30-000001.tar"
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    (copy / "sr_x2/sr_x2-000002.tar").unlink()
+    return copy
+
+
+def test_intact_set_verifies_and_info_reports_it(shard_set):
+    result = CliRunner().invoke(main, ["verify", str(shard_set)])
+    assert result.exit_code == 0, result.output
+    assert "OK: 6 shards, 12 samples" in result.output
+    info = CliRunner().invoke(main, ["info", str(shard_set)])
+    assert info.exit_code == 0
+    assert "seed 0, 2 patches per image, 1 images per shard" in info.output
+    lines = {line.split()[0]: line.split() for line in info.output.splitlines() if line}
+    assert lines["sr_x2"][1:5] == ["48", "96", "6", "3"]
+    assert lines["denoise_30"][1:5] == ["48", "48", "6", "3"]
+
+
+def test_verify_names_each_bad_shard(damaged):
+    result = CliRunner().invoke(main, ["verify", str(damaged), "--workers", "2"])
+    assert result.exit_code == 1
+    bad = {line.split()[1].rstrip(":") for line in result.output.splitlines() if "BAD" in line}
+    assert bad == {
+        "sr_x2/sr_x2-000000.tar",
+        "denoise_30/denoise_30-000001.tar",
+        "sr_x2/sr_x2-000002.tar",
+    }
+    assert "sr_x2/sr_x2-000002.tar: missing" in result.output
+    assert "Error: 3 of 6 shards are bad" in result.output
+
+
+def test_samples_are_checked_not_only_hashes(shard_set, tmp_path):
+    """A shard whose manifest entry was updated to a bad file is still caught by decoding."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_set, copy)
+    shard = copy / "denoise_30/denoise_30-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[1600] ^= 0xFF  # inside the first sample's PNG
+    shard.write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["tasks"]["denoise_30"]["shards"][0]
+    entry["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_shard_set(copy, workers=1)
+    assert list(report.problems) == ["denoise_30/denoise_30-000000.tar"]
+
+
+def test_bad_manifest_is_one_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "something else"}')
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "bad manifest" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "no manifest" in result.output
