@@ -51,9 +51,12 @@ def _corrupted_view(image: np.ndarray, task: Task, seed: int, top: int, left: in
 
 
 def _label(task: Task) -> list[str]:
+    """Task name, corruption kind and its scalar settings (nested model constants left out)."""
     params = task.corruption.params()
     details = [
-        f"{key} {value}" for key, value in params.items() if key != "kind" and value is not None
+        f"{key} {value}"
+        for key, value in params.items()
+        if key != "kind" and isinstance(value, (int, float, str, bool))
     ]
     return [task.name, params["kind"].replace("_", " "), *details]
 
