@@ -2,9 +2,9 @@
 
 Input: the sample photographs at 500x375, JPEG q90 (``imagenet_like_jpegs``). Per image it times
 the JPEG decode, each whole-image MATLAB downscale, the rain corruption, the Gaussian noise of the
-patches produced, and the PNG encoding of all patch pairs produced (6 tasks x N patches), and
-reports the ratios the project targets: each downscale <= 2x the decode, and the whole corruption
-stage <= the PNG encoding of its outputs.
+patches produced, and the PNG encoding (the shard writer's settings) of all patch pairs produced
+(6 tasks x N patches). It reports the ratios the project targets: each downscale <= 2x the
+decode, and the whole corruption stage <= the PNG encoding of its outputs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ipt_data.decode import decode_image
-from ipt_data.fileio import encode_image
 from ipt_data.patches import cut_pairs
 from ipt_data.sample import imagenet_like_jpegs
+from ipt_data.shardwriter import encode_png
 from ipt_data.tasks import TASKS
 
 
@@ -64,7 +64,7 @@ def _stage_times(jpeg: bytes, patches: int, repeats: int) -> dict[str, float]:
     pairs = [pair for task in TASKS.values() for pair in cut_pairs(image, task, rng, patches)]
 
     def encode_all() -> list[bytes]:
-        return [encode_image(p.input, ".png") + encode_image(p.target, ".png") for p in pairs]
+        return [encode_png(p.input) + encode_png(p.target) for p in pairs]
 
     times["png_encode"] = _median_ms(encode_all, repeats)
     return times
