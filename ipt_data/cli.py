@@ -141,6 +141,45 @@ def info(shards: str) -> None:
     click.echo("\n".join(describe_shard_set(shards)))
 
 
+_SUBSET_OPTIONS = (
+    click.option("--tasks", help="Only these tasks (comma-separated) [default: all]."),
+    click.option("--shards", help="Only this slice of each task's shards, e.g. 0:100."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+)
+
+
+def _subset_options(command):
+    for option in reversed(_SUBSET_OPTIONS):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("url")
+@click.argument("dest", type=click.Path(file_okay=False))
+@_subset_options
+def pull(url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool) -> None:
+    """Copy the shard set at URL (http(s)://, s3://, any fsspec URL or a folder) into DEST,
+    verifying every shard; rerun to resume."""
+    from ipt_data.transfer import pull as pull_set
+    from ipt_data.transfer import summary_line
+
+    click.echo(summary_line(pull_set(url, dest, tasks, shards, progress=not no_progress)))
+
+
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False))
+@click.argument("url")
+@_subset_options
+def push(src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool) -> None:
+    """Copy the shard set in the folder SRC to URL (s3://…, any writable fsspec URL or a
+    folder), verifying every shard; rerun to resume."""
+    from ipt_data.transfer import push as push_set
+    from ipt_data.transfer import summary_line
+
+    click.echo(summary_line(push_set(src, url, tasks, shards, progress=not no_progress)))
+
+
 @main.command("rain-stats")
 @click.argument("folder", type=click.Path())
 @click.option("--pairs", is_flag=True, help="Measure real rain-N / norain-N pairs in FOLDER.")

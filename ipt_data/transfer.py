@@ -1,0 +1,304 @@
+"""``pull`` and ``push``: copy a shard set between a folder and a URL, shard by shard.
+
+Each shard is streamed once from the source to a temporary name at the destination while it is
+hashed, counted and walked as a tar (:func:`ipt_data.safety.scan_shard`: nothing is decoded);
+only a shard whose size, sha256 and sample count equal the source manifest's is renamed into
+place, so a shard path at the destination always holds a verified shard. Network errors are
+retried; a shard that disagrees with the manifest, or holds anything but patch pairs, is
+refused by name.
+
+The destination is complete or clearly incomplete: its ``manifest.json`` is written last, and
+until then ``_transfer/source.json`` says which set (and which selection of it) is being copied.
+A rerun resumes: shards already in place and intact are skipped (re-hashed when local; for a
+remote destination their size is checked, since only verified shards ever get a final name
+under a transfer marker that pins the source), the rest are copied. A destination holding
+another set, another selection, or anything else is refused.
+
+A subset (``tasks``, ``shards``: a slice of each task's shard list) gets a manifest describing
+only the copied shards, with a ``subset_of`` entry naming the source and the sha256 of its
+manifest; a complete copy gets the source manifest's exact bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tqdm import tqdm
+
+from ipt_data.errors import UserError
+from ipt_data.manifest import MANIFEST_NAME
+from ipt_data.remote import (
+    SetLocation,
+    discard,
+    file_size,
+    open_location,
+    open_read,
+    open_write_partial,
+    publish,
+    read_set_manifest,
+    remove_partials,
+    write_bytes,
+)
+from ipt_data.safety import scan_shard
+
+MARKER = "_transfer/source.json"
+RETRIES = 3
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which part of a set to copy: task names (None: all) and a slice of each task's shards."""
+
+    tasks: tuple[str, ...] | None = None
+    first: int | None = None
+    stop: int | None = None
+
+    def describe(self) -> dict:
+        first, stop = ("" if end is None else end for end in (self.first, self.stop))
+        return {"tasks": list(self.tasks) if self.tasks else "all", "shards": f"{first}:{stop}"}
+
+
+def parse_selection(tasks: str | None, shards: str | None) -> Selection:
+    """``--tasks a,b`` and ``--shards START:STOP`` (either end may be left out) -> Selection."""
+    names = tuple(name.strip() for name in tasks.split(",") if name.strip()) if tasks else None
+    if shards is None:
+        return Selection(names or None)
+    start, colon, stop = shards.partition(":")
+    try:
+        first, end = (int(part) if part.strip() else None for part in (start, stop))
+    except ValueError:
+        first = end = -1
+    if not colon or any(value is not None and value < 0 for value in (first, end)):
+        raise UserError(f"--shards {shards!r}: expected START:STOP, e.g. 0:100")
+    return Selection(names or None, first, end)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    manifest: dict  # as written at the destination
+    manifest_path: str
+    copied: int  # shards copied by this call
+    skipped: int  # shards already in place and intact
+    bytes_copied: int
+
+
+def pull(
+    url: str,
+    dest_dir: str | Path,
+    tasks: str | None = None,
+    shards: str | None = None,
+    *,
+    progress: bool = False,
+    storage_options: dict | None = None,
+) -> TransferResult:
+    """Copy the shard set at ``url`` (or the selected part of it) into the folder ``dest_dir``."""
+    source = open_location(url, storage_options)
+    return copy_set(source, open_location(dest_dir), parse_selection(tasks, shards), progress)
+
+
+def push(
+    src_dir: str | Path,
+    url: str,
+    tasks: str | None = None,
+    shards: str | None = None,
+    *,
+    progress: bool = False,
+    storage_options: dict | None = None,
+) -> TransferResult:
+    """Copy the shard set in the folder ``src_dir`` (or part of it) to ``url``."""
+    dest = open_location(url, storage_options)
+    return copy_set(open_location(src_dir), dest, parse_selection(tasks, shards), progress)
+
+
+def copy_set(
+    source: SetLocation, dest: SetLocation, selection: Selection, progress: bool = False
+) -> TransferResult:
+    """Copy the selected shards of ``source`` to ``dest``, then write its manifest (last)."""
+    if dest.url.startswith(("http://", "https://")):
+        raise UserError(f"{dest.url}: cannot write to an http(s) URL; push to a folder or s3://…")
+    manifest, manifest_bytes = read_set_manifest(source)
+    chosen = select_shards(manifest, selection)
+    everything = sum(len(task["shards"]) for task in manifest["tasks"].values())
+    if len(chosen) == everything:
+        out_bytes = manifest_bytes
+    else:
+        origin = source.root if source.is_local else source.url
+        out_bytes = _dumps(subset_manifest(manifest, manifest_bytes, origin, selection))
+    _claim_destination(dest, source.url, out_bytes)
+    for folder in sorted({shard["path"].rpartition("/")[0] for shard in chosen} - {""}):
+        remove_partials(dest, folder)
+    copied = skipped = moved = 0
+    for shard in tqdm(chosen, unit="shard", disable=not progress, desc="shards"):
+        if _in_place(dest, shard):
+            skipped += 1
+            continue
+        moved += copy_shard(source, dest, shard)
+        copied += 1
+    write_bytes(dest, MANIFEST_NAME, out_bytes)
+    dest.fs.rm(dest.path(MARKER.partition("/")[0]), recursive=True)
+    return TransferResult(
+        json.loads(out_bytes), dest.describe(MANIFEST_NAME), copied, skipped, moved
+    )
+
+
+def select_shards(manifest: dict, selection: Selection) -> list[dict]:
+    """The shard entries a selection picks, task by task in manifest order."""
+    tasks = manifest["tasks"]
+    names = selection.tasks or tuple(tasks)
+    unknown = [name for name in names if name not in tasks]
+    if unknown:
+        raise UserError(f"--tasks: the set has no task {unknown}; it has {sorted(tasks)}")
+    picked = slice(selection.first, selection.stop)
+    chosen = [shard for name in names for shard in tasks[name]["shards"][picked]]
+    if not chosen:
+        raise UserError(f"the selection {selection.describe()} picks no shard of the set")
+    return chosen
+
+
+def subset_manifest(
+    manifest: dict, manifest_bytes: bytes, source_url: str, selection: Selection
+) -> dict:
+    """The manifest of a subset: only the selected shards, per-task totals recounted, and
+    ``subset_of`` naming the source set (its URL and the sha256 of its manifest)."""
+    picked = slice(selection.first, selection.stop)
+    tasks = {}
+    for name in selection.tasks or tuple(manifest["tasks"]):
+        task = manifest["tasks"][name]
+        shards = task["shards"][picked]
+        samples = sum(shard["samples"] for shard in shards)
+        size = sum(shard["bytes"] for shard in shards)
+        tasks[name] = {**task, "samples": samples, "bytes": size, "shards": shards}
+    subset_of = {
+        "source": source_url,
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "selection": selection.describe(),
+        "note": "'images' and each task's 'too_small' count the whole source set",
+    }
+    return {**manifest, "tasks": tasks, "subset_of": subset_of}
+
+
+def copy_shard(source: SetLocation, dest: SetLocation, shard: dict) -> int:
+    """Stream one shard from ``source`` to ``dest``, verified; retries network errors."""
+    import aiohttp
+
+    name = source.describe(shard["path"])
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return _copy_once(source, dest, shard, name)
+        except FileNotFoundError:
+            raise UserError(f"{name}: not found (listed in the manifest)") from None
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+            if attempt == RETRIES:
+                raise UserError(
+                    f"{name}: transfer failed after {RETRIES} attempts ({error!r}); "
+                    "rerun the same command to resume"
+                ) from None
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _copy_once(source: SetLocation, dest: SetLocation, shard: dict, name: str) -> int:
+    stream, partial = open_write_partial(dest, shard["path"])
+    try:
+        with open_read(source, shard["path"]) as incoming, stream:
+            reader = _CheckingReader(incoming, stream, shard["bytes"], name)
+            samples = scan_shard(reader, name)
+            reader.drain()
+        if reader.sha256.hexdigest() != shard["sha256"]:
+            raise UserError(f"{name}: sha256 differs from the manifest; refused")
+        if samples != shard["samples"]:
+            raise UserError(f"{name}: {samples} samples, manifest says {shard['samples']}; refused")
+        publish(dest, partial, shard["path"])
+    except BaseException:
+        discard(dest, partial)
+        raise
+    return reader.size
+
+
+class _CheckingReader:
+    """A read-only stream over ``incoming`` that copies what it reads to ``out``, hashes it,
+    and refuses more or fewer bytes than ``expected``."""
+
+    def __init__(self, incoming: IO[bytes], out: IO[bytes], expected: int, name: str) -> None:
+        self._incoming, self._out = incoming, out
+        self._expected, self._name = expected, name
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._incoming.read(size if size is not None and size >= 0 else _BLOCK)
+        self.size += len(data)
+        if self.size > self._expected or (not data and self.size < self._expected and size):
+            raise UserError(
+                f"{self._name}: {'more than' if data else 'only'} {self.size} bytes, "
+                f"manifest says {self._expected}; refused"
+            )
+        self.sha256.update(data)
+        self._out.write(data)
+        return data
+
+    def drain(self) -> None:
+        """Read what the tar walk left (end-of-archive padding)."""
+        while self.read(_BLOCK):
+            pass
+
+
+def _in_place(dest: SetLocation, shard: dict) -> bool:
+    """True when ``dest`` already holds this shard intact (see the module doc)."""
+    if file_size(dest, shard["path"]) != shard["bytes"]:
+        return False
+    if not dest.is_local:
+        return True
+    digest = hashlib.sha256()
+    with open(dest.path(shard["path"]), "rb") as file:
+        while block := file.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest() == shard["sha256"]
+
+
+def _claim_destination(dest: SetLocation, source_url: str, out_bytes: bytes) -> None:
+    """Make ``dest`` this transfer's: empty, the same finished copy, or this copy resumed."""
+    marker = _dumps(
+        {"source": source_url, "manifest_sha256": hashlib.sha256(out_bytes).hexdigest()}
+    )
+    if file_size(dest, MANIFEST_NAME) is not None:
+        if dest.fs.cat_file(dest.path(MANIFEST_NAME)) != out_bytes:
+            raise UserError(f"{dest.url} already holds another shard set; choose another place")
+    elif file_size(dest, MARKER) is not None:
+        earlier = dest.fs.cat_file(dest.path(MARKER))
+        if json.loads(earlier)["manifest_sha256"] != json.loads(marker)["manifest_sha256"]:
+            raise UserError(
+                f"{dest.url} holds an unfinished copy of another set or selection "
+                f"({json.loads(earlier)['source']}); resume that one or choose another place"
+            )
+    elif _has_files(dest):
+        raise UserError(f"{dest.url} is not empty and not a shard set; choose another place")
+    write_bytes(dest, MARKER, marker)
+
+
+def _has_files(location: SetLocation) -> bool:
+    try:
+        return bool(location.fs.ls(location.root, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return location.fs.isfile(location.root)
+
+
+def _dumps(value: dict) -> bytes:
+    return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def summary_line(result: TransferResult) -> str:
+    """One line for the CLI: what was copied now, what was already there, where the set is."""
+    subset = result.manifest.get("subset_of")
+    kind = f"subset {subset['selection']} of {subset['source']}" if subset else "complete set"
+    return (
+        f"copied {result.copied} shards ({result.bytes_copied:,} bytes), {result.skipped} were "
+        f"already in place; {kind}; manifest: {result.manifest_path}"
+    )

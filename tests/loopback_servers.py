@@ -1,0 +1,116 @@
+"""Real servers on 127.0.0.1 for the remote-set tests, and the tiny shard set they serve.
+
+* :func:`http_server`: Python's http.server in a thread, serving a folder; it counts GETs per
+  path and can drop the connection half-way through chosen files (``server.drops``).
+* :func:`s3_server`: moto's S3-compatible server in a thread, with dummy credentials and its
+  endpoint in ``AWS_*`` variables for the duration.
+* :func:`tiny_set`: a shard set built once per test session by ``ipt-data build`` (real Ray) from
+  the sample photographs: tasks sr_x2 and denoise_30, 2 patches per image, 3 shards per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hits[self.path] += 1
+        super().do_GET()
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.server.drops.get(self.path, 0) > 0:
+            self.server.drops[self.path] -= 1
+            outputfile.write(source.read(os.fstat(source.fileno()).st_size // 2))
+            outputfile.flush()
+            self.close_connection = True  # the client was promised the whole file
+            return
+        super().copyfile(source, outputfile)
+
+
+class LoopbackHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+        self.hits: Counter[str] = Counter()
+        self.drops: dict[str, int] = {}
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextlib.contextmanager
+def http_server(folder: Path) -> Iterator[LoopbackHTTPServer]:
+    server = LoopbackHTTPServer(folder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str) -> Iterator[str]:
+    """Yields the endpoint of a fresh moto S3 server holding an empty ``bucket``."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    settings = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in settings.items():
+                patch.setenv(name, value)
+            s3fs.S3FileSystem.clear_instance_cache()  # no client bound to an older endpoint
+            s3fs.S3FileSystem().mkdir(bucket)
+            yield endpoint
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny shard set (built on first use); callers must not modify it."""
+    root = tmp_path_factory.getbasetemp() / "tiny_shard_set"
+    out = root / "set"
+    if not (out / "manifest.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run([BIN / "ipt-data", "sample", str(root / "src")], check=True, timeout=120)
+        command = [BIN / "ipt-data", "build", "--src", str(root / "src"), "--out", str(out)]
+        options = "--tasks sr_x2,denoise_30 --patches-per-image 2 --images-per-shard 2"
+        command += [*options.split(), "--workers", "1", "--no-progress"]
+        subprocess.run(command, check=True, timeout=300, capture_output=True)
+    return out
+
+
+def copy_set(source: Path, dest: Path) -> Path:
+    """A private, modifiable copy of a shard set (manifest and shards only)."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("_build"))
+    return dest

@@ -1,0 +1,168 @@
+"""pull and push against real servers on loopback: an HTTP server serving a built shard set
+(with connections dropped part-way) and moto's S3-compatible server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from loopback_servers import copy_set, http_server, s3_server, tiny_set
+
+from ipt_data.cli import main
+from ipt_data.errors import UserError
+from ipt_data.remote import open_location, read_set_manifest
+from ipt_data.transfer import MARKER, pull, push
+from ipt_data.verify import verify_shard_set
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> Path:
+    return tiny_set(tmp_path_factory)
+
+
+@pytest.fixture
+def server(shard_set):
+    with http_server(shard_set) as running:
+        yield running
+
+
+def shard_paths(shard_set: Path) -> list[str]:
+    manifest = json.loads((shard_set / "manifest.json").read_bytes())
+    return [shard["path"] for task in manifest["tasks"].values() for shard in task["shards"]]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "_build" not in path.parts
+    }
+
+
+def test_pull_over_http_copies_the_set_exactly(shard_set, server, tmp_path):
+    result = pull(server.url, tmp_path / "copy")
+    assert (result.copied, result.skipped) == (6, 0)
+    assert tree_hashes(tmp_path / "copy") == tree_hashes(shard_set)  # manifest bytes included
+    assert all(server.hits[f"/{path}"] == 1 for path in shard_paths(shard_set))
+    assert verify_shard_set(tmp_path / "copy", workers=1).ok
+
+
+def test_interrupted_pull_is_clearly_incomplete_and_resumes(shard_set, server, tmp_path):
+    dest = tmp_path / "copy"
+    paths = shard_paths(shard_set)
+    server.drops[f"/{paths[0]}"] = 1  # one dropped connection: retried within the call
+    server.drops[f"/{paths[3]}"] = 3  # dropped on every attempt: the pull fails there
+    with pytest.raises(UserError, match=rf"{paths[3]}: transfer failed after 3 attempts"):
+        pull(server.url, dest)
+    assert not (dest / "manifest.json").exists()
+    assert json.loads((dest / MARKER).read_bytes())["source"] == server.url
+    assert sorted(tree_hashes(dest)) == sorted([MARKER, *paths[:3]])  # no partial file left
+    assert server.hits[f"/{paths[0]}"] == 2
+
+    server.hits.clear()
+    result = pull(server.url, dest)
+    assert (result.copied, result.skipped) == (3, 3)
+    assert [server.hits[f"/{path}"] for path in paths] == [0, 0, 0, 1, 1, 1]
+    assert tree_hashes(dest) == tree_hashes(shard_set)  # marker gone, manifest identical
+
+
+def test_resume_recopies_a_damaged_shard(shard_set, server, tmp_path):
+    dest = tmp_path / "copy"
+    pull(server.url, dest)
+    damaged = dest / shard_paths(shard_set)[1]
+    data = bytearray(damaged.read_bytes())
+    data[700] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    result = pull(server.url, dest)
+    assert (result.copied, result.skipped) == (1, 5)
+    assert tree_hashes(dest) == tree_hashes(shard_set)
+
+
+def test_subset_manifest_describes_only_what_was_copied(shard_set, server, tmp_path):
+    dest = tmp_path / "subset"
+    run = CliRunner().invoke(
+        main,
+        ["pull", server.url, str(dest), "--tasks", "sr_x2", "--shards", "1:3", "--no-progress"],
+    )
+    assert run.exit_code == 0, run.output
+    assert "copied 2 shards" in run.output
+    source = json.loads((shard_set / "manifest.json").read_bytes())
+    subset = json.loads((dest / "manifest.json").read_bytes())
+    assert list(subset["tasks"]) == ["sr_x2"]
+    assert subset["tasks"]["sr_x2"]["shards"] == source["tasks"]["sr_x2"]["shards"][1:3]
+    assert subset["tasks"]["sr_x2"]["samples"] == sum(
+        shard["samples"] for shard in source["tasks"]["sr_x2"]["shards"][1:3]
+    )
+    assert subset["subset_of"]["source"] == server.url
+    manifest_sha = hashlib.sha256((shard_set / "manifest.json").read_bytes()).hexdigest()
+    assert subset["subset_of"]["manifest_sha256"] == manifest_sha
+    assert subset["params"] == source["params"] and subset["source"] == source["source"]
+    assert sorted(tree_hashes(dest)) == ["manifest.json", *shard_paths(shard_set)[1:3]]
+    report = verify_shard_set(dest, workers=1)
+    assert report.ok and (report.shards, report.samples) == (2, 8)
+
+    other = CliRunner().invoke(main, ["pull", server.url, str(dest), "--no-progress"])
+    assert other.exit_code == 1 and "already holds another shard set" in other.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tasks", "derain"], "the set has no task"),
+        (["--shards", "5:9"], "picks no shard"),
+        (["--shards", "two"], "expected START:STOP"),
+    ],
+)
+def test_bad_selections_are_one_clear_error(server, tmp_path, options, message):
+    run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "d"), *options])
+    assert run.exit_code == 1 and "Error: " in run.output and message in run.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_pull_refuses_a_folder_holding_other_files(server, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty and not a shard set"):
+        pull(server.url, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_push_refuses_http(shard_set):
+    with pytest.raises(UserError, match="cannot write to an http"):
+        push(shard_set, "http://127.0.0.1:9/set")
+
+
+def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
+    import s3fs
+
+    local = copy_set(shard_set, tmp_path / "local")
+    paths = shard_paths(shard_set)
+    damaged = local / paths[4]
+    original = damaged.read_bytes()
+    damaged.write_bytes(original[:600] + bytes([original[600] ^ 1]) + original[601:])
+    with s3_server("sets"):
+        url = "s3://sets/ipt/tiny"
+        runner = CliRunner()
+        failed = runner.invoke(main, ["push", str(local), url, "--no-progress"])
+        assert failed.exit_code == 1 and f"{paths[4]}: sha256 differs" in failed.output
+        store = s3fs.S3FileSystem()
+        listed = sorted(name.removeprefix("sets/ipt/tiny/") for name in store.find("sets/ipt/tiny"))
+        assert listed == sorted([MARKER, *paths[:4]])  # no manifest: clearly incomplete
+
+        damaged.write_bytes(original)
+        resumed = runner.invoke(main, ["push", str(local), url, "--no-progress"])
+        assert resumed.exit_code == 0, resumed.output
+        assert "copied 2 shards" in resumed.output and "4 were already in place" in resumed.output
+        listed = sorted(name.removeprefix("sets/ipt/tiny/") for name in store.find("sets/ipt/tiny"))
+        assert listed == sorted(["manifest.json", *paths])
+
+        manifest, data = read_set_manifest(open_location(url))
+        assert (
+            manifest["tasks"]["sr_x2"]["samples"] == 12
+            and data == (shard_set / "manifest.json").read_bytes()
+        )
+        result = pull(url, tmp_path / "back")
+        assert result.copied == 6
+    assert tree_hashes(tmp_path / "back") == tree_hashes(shard_set)
