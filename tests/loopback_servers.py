@@ -58,7 +58,7 @@ class LoopbackHTTPServer(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def http_server(folder: Path) -> Iterator[LoopbackHTTPServer]:
     server = LoopbackHTTPServer(folder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
