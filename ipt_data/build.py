@@ -8,6 +8,7 @@ Chunks whose stats file exists are skipped, so rerunning an interrupted build fi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class BuildResult:
     chunks_total: int
     peak_worker_rss_bytes: int  # largest peak RSS reported by a worker in this call (0 if none)
     worker_seconds: float  # sum of the chunks' run times in this call
+    seconds: float  # wall time of this call
 
 
 def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> BuildResult:
@@ -63,12 +65,14 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
     identity = build_identity(
         list(config.tasks), config.patches_per_image, config.seed, config.images_per_shard, sources
     )
-    if claim_output(out, identity):
-        remove_stale_temporaries(out)
+    start = time.perf_counter()
+    claim_output(out, identity)
     jobs = _chunk_jobs(sources, out, config)
     pending = [job for job in jobs if not stats_path(out, job.index).is_file()]
     fresh = run_chunks(pending, config.ray) if pending else []
-    manifest = make_manifest(identity, [_read_stats(job) for job in jobs])  # all done now
+    # Every chunk is done: what killed or retried workers left half-written can go.
+    remove_stale_temporaries(out)
+    manifest = make_manifest(identity, [_read_stats(job) for job in jobs])
     return BuildResult(
         manifest=manifest,
         manifest_path=write_manifest(out, manifest),
@@ -76,6 +80,7 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
         chunks_total=len(jobs),
         peak_worker_rss_bytes=max((stats.peak_rss_bytes for stats in fresh), default=0),
         worker_seconds=sum(stats.seconds for stats in fresh),
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -106,7 +111,7 @@ def summary_lines(result: BuildResult) -> list[str]:
     skipped = ", ".join(f"{reason} {count}" for reason, count in images["skipped"].items())
     lines = [
         f"built {result.chunks_run} of {result.chunks_total} chunks now "
-        f"({result.chunks_total - result.chunks_run} were done before)",
+        f"({result.chunks_total - result.chunks_run} were done before) in {result.seconds:.1f} s",
         f"images: {images['decoded']} of {images['listed']} decoded; skipped: {skipped or 'none'}",
     ]
     for name, task in manifest["tasks"].items():

@@ -44,22 +44,30 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
 
 @main.command()
 @click.option("--corruptions", is_flag=True, help="Time each corruption stage per image.")
+@click.option("--build", "build_", is_flag=True, help="Ray build vs its floor, 1 vs 2 workers.")
+@click.option("--images", default=100, show_default=True, help="Input JPEGs for --build.")
 @click.option("--patches", default=8, show_default=True, help="Patches per image per task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(corruptions: bool, patches: int, as_json: bool) -> None:
+def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: bool) -> None:
     """Benchmark on ImageNet-size JPEGs made from the sample photographs (one core)."""
     import json
 
     from ipt_data.bench import benchmark_corruptions
+    from ipt_data.bench_build import benchmark_build
 
-    parts = {"corruptions": (corruptions, lambda: benchmark_corruptions(patches))}
+    parts = {
+        "corruptions": (corruptions, lambda: benchmark_corruptions(patches)),
+        "build": (build_, lambda: benchmark_build(images, patches)),
+    }
+    units = {"build": "rates in images/s; GB = 1e9 bytes; RSS in MiB; ratios unitless"}
     chosen = [name for name, (flag, _) in parts.items() if flag] or list(parts)  # none: all
     figures = {name: parts[name][1]() for name in chosen}
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
     for part, values in figures.items():
-        click.echo(f"{part} (ms per 500x375 image, one core; ratios unitless)")
+        unit = units.get(part, "ms per 500x375 image, one core; ratios unitless")
+        click.echo(f"{part} ({unit})")
         for key, value in values.items():
             click.echo(f"  {key:32s} {value:8.2f}")
 

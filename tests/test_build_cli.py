@@ -172,3 +172,4 @@ def test_two_node_cluster_build_gives_the_same_bytes(
     assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     assert shard_hashes(out) == shard_hashes(reference)
     assert "will be retried" in (tmp_path / "build.log").read_text()
+    assert not list(out.glob("*/.*.tmp")), "the killed worker's temporaries are cleaned up"

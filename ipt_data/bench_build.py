@@ -1,0 +1,147 @@
+"""`ipt-data bench --build`: the whole build's throughput next to its floor, measured in one run.
+
+Input: ``images`` ImageNet-size JPEGs (the six sample photographs at 500x375, q90, repeated
+under distinct names), built with all six tasks x ``patches`` pairs by the real engine on a
+local Ray instance (started outside the timings, workers warmed up by a small build first).
+
+- **build**: wall time of ``build_shards`` with 1 and with 2 workers -> images/s per core.
+- **floor** (one core, in this process): the JPEG decode of every input, plus the PNG encoding
+  of exactly the pairs the build wrote (read back from its shards, untimed) and the writing of
+  them as tar shards. Everything the build does beyond that is corruption, patch cutting and
+  orchestration; the target is build <= 1.5x floor.
+- **memory**: the largest peak RSS of a Ray worker, for a fresh Ray instance building
+  ``images`` and 10x ``images`` inputs; the target is the same figure for both, under 1 GiB.
+
+From the one-worker rate it projects core-hours and shard bytes per task for ImageNet-1k train.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ipt_data.bench import one_core
+from ipt_data.build import BuildConfig, build_shards
+from ipt_data.decode import decode_image
+from ipt_data.distributor import RayConfig, ray_session
+from ipt_data.sample import imagenet_like_jpegs
+from ipt_data.shardwriter import ShardWriter, encode_png
+from ipt_data.sources import SourceList, walk_sources
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def write_inputs(folder: Path, images: int) -> SourceList:
+    """``images`` JPEGs as ``nXXXXXXXX/img_NNNNNN.JPEG``, 100 per class folder."""
+    jpegs = list(imagenet_like_jpegs().values())
+    for number in range(images):
+        path = folder / f"n{number // 100:08d}" / f"img_{number:06d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpegs[number % len(jpegs)])
+    return walk_sources(folder)
+
+
+def _timed_build(sources: SourceList, out: Path, workers: int, patches: int, per_shard: int):
+    config = BuildConfig(
+        patches_per_image=patches,
+        images_per_shard=per_shard,
+        ray=RayConfig(workers=workers, progress=False),
+    )
+    start = time.perf_counter()
+    result = build_shards(sources, out, config)
+    return time.perf_counter() - start, result
+
+
+def floor_seconds(sources: SourceList, built: Path, manifest: dict) -> float:
+    """One core: decode every input JPEG, then PNG-encode the built pairs and write them as tars."""
+    with one_core():
+        seconds = 0.0
+        for image_id in sources.ids:
+            data = (sources.root / image_id).read_bytes()
+            start = time.perf_counter()
+            decode_image(data, image_id)
+            seconds += time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as scratch:
+            for task in manifest["tasks"].values():
+                for shard in task["shards"]:
+                    samples = _decoded_samples(built / shard["path"])
+                    start = time.perf_counter()
+                    _rewrite(samples, Path(scratch) / "floor.tar")
+                    seconds += time.perf_counter() - start
+    return seconds
+
+
+def _decoded_samples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, bytes]]:
+    """(key, input RGB, target RGB, json bytes) of every sample of a shard."""
+    members = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            members[member.name] = tar.extractfile(member).read()
+    keys = list(dict.fromkeys(name.split(".", 1)[0] for name in members))  # in shard order
+
+    def rgb(name: str) -> np.ndarray:
+        bgr = cv2.imdecode(np.frombuffer(members[name], np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    return [
+        (key, rgb(f"{key}.input.png"), rgb(f"{key}.target.png"), members[f"{key}.json"])
+        for key in keys
+    ]
+
+
+def _rewrite(samples, path: Path) -> None:
+    with ShardWriter(path) as writer:
+        for key, low, high, metadata in samples:
+            writer.write(
+                key,
+                {"input.png": encode_png(low), "target.png": encode_png(high), "json": metadata},
+            )
+        writer.close()
+
+
+def _peak_rss_fresh_ray(sources: SourceList, out: Path, patches: int, per_shard: int) -> int:
+    """Largest worker peak RSS (bytes) of a 2-worker build on a freshly started Ray."""
+    with ray_session(RayConfig(workers=2)):
+        _seconds, result = _timed_build(sources, out, 2, patches, per_shard)
+    return result.peak_worker_rss_bytes
+
+
+def benchmark_build(images: int = 100, patches: int = 8) -> dict[str, float]:
+    """Measure the build against its floor and across worker counts; see the module docstring."""
+    per_shard = max(1, images // 10)
+    figures: dict[str, float] = {"images": images, "patches_per_image": patches}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        sources = write_inputs(scratch / "src", images)
+        warmup = walk_sources(scratch / "src", limit=4)
+        with ray_session(RayConfig(workers=2)):
+            _timed_build(warmup, scratch / "warmup", 2, patches, 1)
+            one, result = _timed_build(sources, scratch / "w1", 1, patches, per_shard)
+            two, _ = _timed_build(sources, scratch / "w2", 2, patches, per_shard)
+        floor = floor_seconds(sources, scratch / "w1", result.manifest)
+        figures.update(
+            build_img_per_s_1_worker=images / one,
+            build_img_per_s_2_workers=images / two,
+            floor_img_per_s_1_core=images / floor,
+            build_over_floor=one / floor,
+            speedup_2_over_1_workers=one / two,
+        )
+        figures["core_hours_imagenet_1k"] = IMAGENET_TRAIN_IMAGES * one / images / 3600
+        decoded = result.manifest["images"]["decoded"]
+        for name, task in result.manifest["tasks"].items():
+            figures[f"gb_imagenet_1k_{name}"] = (
+                task["bytes"] / decoded * IMAGENET_TRAIN_IMAGES / 1e9
+            )
+        figures[f"worker_peak_rss_mib_{images}_images"] = (
+            _peak_rss_fresh_ray(sources, scratch / "rss_small", patches, per_shard) / 2**20
+        )
+        large = write_inputs(scratch / "src_large", 10 * images)
+        figures[f"worker_peak_rss_mib_{10 * images}_images"] = (
+            _peak_rss_fresh_ray(large, scratch / "rss_large", patches, per_shard) / 2**20
+        )
+    return figures
