@@ -22,9 +22,12 @@ manifest; a complete copy gets the source manifest's exact bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -67,7 +70,7 @@ class Selection:
 
 def parse_selection(tasks: str | None, shards: str | None) -> Selection:
     """``--tasks a,b`` and ``--shards START:STOP`` (either end may be left out) -> Selection."""
-    names = tuple(name.strip() for name in tasks.split(",") if name.strip()) if tasks else None
+    names = tuple(dict.fromkeys(name.strip() for name in (tasks or "").split(",") if name.strip()))
     if shards is None:
         return Selection(names or None)
     start, colon, stop = shards.partition(":")
@@ -125,8 +128,8 @@ def copy_set(
         raise UserError(f"{dest.url}: cannot write to an http(s) URL; push to a folder or s3://…")
     manifest, manifest_bytes = read_set_manifest(source)
     chosen = select_shards(manifest, selection)
-    everything = sum(len(task["shards"]) for task in manifest["tasks"].values())
-    if len(chosen) == everything:
+    everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]
+    if sorted(_paths(chosen)) == sorted(_paths(everything)):
         out_bytes = manifest_bytes
     else:
         origin = source.root if source.is_local else source.url
@@ -202,6 +205,15 @@ def copy_shard(source: SetLocation, dest: SetLocation, shard: dict) -> int:
                 ) from None
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fetched_shard(source: SetLocation, shard: dict) -> Iterator[Path]:
+    """A verified local copy of one shard of ``source`` (as :func:`copy_shard` checks it), in a
+    temporary folder that is removed on exit: how a remote set is checked one shard at a time."""
+    with tempfile.TemporaryDirectory(prefix="ipt-shard-") as scratch:
+        copy_shard(source, open_location(scratch), shard)
+        yield Path(scratch, shard["path"])
 
 
 def _copy_once(source: SetLocation, dest: SetLocation, shard: dict, name: str) -> int:
@@ -288,6 +300,10 @@ def _has_files(location: SetLocation) -> bool:
         return bool(location.fs.ls(location.root, detail=False))
     except (FileNotFoundError, NotADirectoryError):
         return location.fs.isfile(location.root)
+
+
+def _paths(shards: list[dict]) -> list[str]:
+    return [shard["path"] for shard in shards]
 
 
 def _dumps(value: dict) -> bytes:

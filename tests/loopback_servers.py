@@ -1,7 +1,8 @@
 """Real servers on 127.0.0.1 for the remote-set tests, and the tiny shard set they serve.
 
 * :func:`http_server`: Python's http.server in a thread, serving a folder; it counts GETs per
-  path and can drop the connection half-way through chosen files (``server.drops``).
+  path and can drop the connection half-way through chosen files (``server.drops``) or stall
+  there until released (``server.stalls``).
 * :func:`s3_server`: moto's S3-compatible server in a thread, with dummy credentials and its
   endpoint in ``AWS_*`` variables for the duration.
 * :func:`tiny_set`: a shard set built once per test session by ``ipt-data build`` (real Ray) from
@@ -36,12 +37,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def copyfile(self, source, outputfile) -> None:
-        if self.server.drops.get(self.path, 0) > 0:
-            self.server.drops[self.path] -= 1
+        dropped = self.server.drops.get(self.path, 0) > 0
+        if dropped or self.path in self.server.stalls:
             outputfile.write(source.read(os.fstat(source.fileno()).st_size // 2))
             outputfile.flush()
+        if dropped:
+            self.server.drops[self.path] -= 1
             self.close_connection = True  # the client was promised the whole file
             return
+        if self.path in self.server.stalls:
+            self.server.stalled.set()
+            self.server.release.wait(timeout=60)
         super().copyfile(source, outputfile)
 
 
@@ -51,8 +57,13 @@ class LoopbackHTTPServer(http.server.ThreadingHTTPServer):
     def __init__(self, folder: Path) -> None:
         super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
         self.hits: Counter[str] = Counter()
-        self.drops: dict[str, int] = {}
+        self.drops: dict[str, int] = {}  # path -> how many more GETs to cut off half-way
+        self.stalls: set[str] = set()  # paths whose GETs send half, then wait for `release`
+        self.stalled, self.release = threading.Event(), threading.Event()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client killed or cut off mid-response is what these tests do on purpose
 
 
 @contextlib.contextmanager
@@ -63,6 +74,7 @@ def http_server(folder: Path) -> Iterator[LoopbackHTTPServer]:
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from loopback_servers import copy_set, http_server, s3_server, tiny_set
+from loopback_servers import BIN, copy_set, http_server, s3_server, tiny_set
 
 from ipt_data.cli import main
 from ipt_data.errors import UserError
@@ -69,6 +71,30 @@ def test_interrupted_pull_is_clearly_incomplete_and_resumes(shard_set, server, t
     assert tree_hashes(dest) == tree_hashes(shard_set)  # marker gone, manifest identical
 
 
+def test_pull_killed_part_way_resumes(shard_set, server, tmp_path):
+    dest = tmp_path / "copy"
+    paths = shard_paths(shard_set)
+    server.stalls.add(f"/{paths[2]}")
+    command = [BIN / "ipt-data", "pull", server.url, str(dest), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert server.stalled.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while not list(dest.glob("sr_x2/.*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL: no cleanup runs
+        process.wait(timeout=30)
+    assert list(dest.glob("sr_x2/.*.part"))  # a half-written shard, under a temporary name
+    assert not (dest / "manifest.json").exists() and (dest / MARKER).is_file()
+    assert not (dest / paths[2]).exists()
+
+    server.stalls.clear()
+    result = pull(server.url, dest)
+    assert (result.copied, result.skipped) == (4, 2)
+    assert tree_hashes(dest) == tree_hashes(shard_set)  # partial removed, marker gone
+
+
 def test_resume_recopies_a_damaged_shard(shard_set, server, tmp_path):
     dest = tmp_path / "copy"
     pull(server.url, dest)
@@ -108,12 +134,19 @@ def test_subset_manifest_describes_only_what_was_copied(shard_set, server, tmp_p
     assert other.exit_code == 1 and "already holds another shard set" in other.output
 
 
+def test_a_task_named_twice_is_still_a_subset(shard_set, server, tmp_path):
+    result = pull(server.url, tmp_path / "d", tasks="sr_x2,sr_x2")
+    assert result.copied == 3 and list(result.manifest["tasks"]) == ["sr_x2"]
+    assert result.manifest["subset_of"]["selection"] == {"tasks": ["sr_x2"], "shards": ":"}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         (["--tasks", "derain"], "the set has no task"),
         (["--shards", "5:9"], "picks no shard"),
         (["--shards", "two"], "expected START:STOP"),
+        (["--shards", "-2:"], "expected START:STOP"),
     ],
 )
 def test_bad_selections_are_one_clear_error(server, tmp_path, options, message):
@@ -152,6 +185,8 @@ def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
         assert listed == sorted([MARKER, *paths[:4]])  # no manifest: clearly incomplete
 
         damaged.write_bytes(original)
+        stale = f"sets/ipt/tiny/{paths[0].replace('/', '/.')}.0123456789ab.part"
+        store.pipe_file(stale, b"left by a killed push")
         resumed = runner.invoke(main, ["push", str(local), url, "--no-progress"])
         assert resumed.exit_code == 0, resumed.output
         assert "copied 2 shards" in resumed.output and "4 were already in place" in resumed.output

@@ -1,0 +1,123 @@
+"""ipt_data.remote: shard-set locations (folders, http on loopback), safe set-relative paths,
+atomic writes, streamed reads, the manifest read from a URL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+from fsspec.implementations.http import HTTPFileSystem
+from fsspec.implementations.local import LocalFileSystem
+from loopback_servers import http_server, tiny_set
+
+from ipt_data.errors import UserError
+from ipt_data.remote import (
+    file_size,
+    open_location,
+    open_read,
+    read_bytes,
+    read_set_manifest,
+    remove_partials,
+    write_bytes,
+)
+from ipt_data.safety import safe_relative_path
+from ipt_data.transfer import fetched_shard
+from ipt_data.verify import ShardCheck, check_shard
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> Path:
+    return tiny_set(tmp_path_factory)
+
+
+@pytest.mark.parametrize("good", ["sr_x2/sr_x2-000000.tar", "a.tar", "x/y/z-1.tar"])
+def test_paths_inside_the_set_are_kept(good):
+    assert safe_relative_path(good) == good
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("../evil.tar", "leaves the set"),
+        ("sr_x2/../../evil.tar", "leaves the set"),
+        ("/etc/passwd", "absolute"),
+        ("http://other-host/evil.tar", "URL"),
+        ("s3://bucket/evil.tar", "URL"),
+        ("file:/etc/passwd", "URL"),
+        ("c:/evil.tar", "drive"),
+        ("sr_x2\\evil.tar", "backslash"),
+        ("sr_x2//evil.tar", "empty"),
+        ("./evil.tar", "empty or '.'"),
+        ("sr_x2/", "empty"),
+        ("", "non-empty string"),
+        (None, "non-empty string"),
+        ("sr_x2/evil\n.tar", "control character"),
+    ],
+)
+def test_paths_leaving_the_set_are_refused_by_name(bad, reason):
+    with pytest.raises(
+        UserError, match=f"shard path {re.escape(repr(bad))} is refused: .*{reason}"
+    ):
+        safe_relative_path(bad)
+
+
+def test_locations(tmp_path):
+    local = open_location(tmp_path)
+    assert isinstance(local.fs, LocalFileSystem) and local.is_local
+    assert local.root == str(tmp_path) and local.path("a/b.tar") == f"{tmp_path}/a/b.tar"
+    web = open_location("http://127.0.0.1:9/sets/tiny/")
+    assert isinstance(web.fs, HTTPFileSystem) and not web.is_local
+    assert web.path("a/b.tar") == "http://127.0.0.1:9/sets/tiny/a/b.tar"
+    with pytest.raises(UserError, match="refused"):
+        web.path("../../other/set.tar")
+    with pytest.raises(UserError, match="nosuchscheme://x: cannot open this location"):
+        open_location("nosuchscheme://x")
+
+
+def test_local_writes_are_atomic_and_partials_removable(tmp_path):
+    location = open_location(tmp_path / "set")
+    write_bytes(location, "sr_x2/a.tar", b"first")
+    write_bytes(location, "sr_x2/a.tar", b"second")
+    assert read_bytes(location, "sr_x2/a.tar") == b"second"
+    assert sorted(path.name for path in (tmp_path / "set" / "sr_x2").iterdir()) == ["a.tar"]
+    (tmp_path / "set" / "sr_x2" / ".b.tar.0123456789ab.part").write_bytes(b"half")
+    assert remove_partials(location, "sr_x2") == 1
+    assert remove_partials(location, "missing") == 0
+    assert sorted(path.name for path in (tmp_path / "set" / "sr_x2").iterdir()) == ["a.tar"]
+    assert file_size(location, "sr_x2/a.tar") == 6 and file_size(location, "sr_x2/b.tar") is None
+    with pytest.raises(UserError, match=r"sr_x2/b\.tar: not found"):
+        read_bytes(location, "sr_x2/b.tar")
+
+
+def test_http_reads_stream_from_a_plain_server(shard_set):
+    name = "sr_x2/sr_x2-000000.tar"
+    with http_server(shard_set) as server:
+        location = open_location(server.url)
+        with open_read(location, name) as stream:
+            head = stream.read(1000)
+            data = head + stream.read()
+        manifest, manifest_bytes = read_set_manifest(location)
+        with pytest.raises(UserError, match="no manifest"):
+            read_set_manifest(open_location(f"{server.url}/sr_x2"))
+    assert data == (shard_set / name).read_bytes()
+    assert manifest_bytes == (shard_set / "manifest.json").read_bytes()
+    assert manifest == json.loads(manifest_bytes)
+
+
+def test_a_remote_shard_is_checked_one_at_a_time(shard_set):
+    """What ``ipt-data verify URL`` needs: each shard fetched, verified, checked, removed."""
+    manifest = json.loads((shard_set / "manifest.json").read_bytes())
+    task = manifest["tasks"]["sr_x2"]
+    shard = task["shards"][2]
+    with http_server(shard_set) as server, fetched_shard(open_location(server.url), shard) as path:
+        assert path.read_bytes() == (shard_set / shard["path"]).read_bytes()
+        sizes = (task["input_size"], task["target_size"])
+        check = ShardCheck(
+            path, shard["path"], shard["samples"], shard["bytes"], shard["sha256"], *sizes
+        )
+        assert check_shard(check) is None
+        assert check_shard(dataclasses.replace(check, target_size=144)).startswith("unreadable")
+    assert not path.parent.exists()
