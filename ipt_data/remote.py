@@ -16,9 +16,11 @@ an upload visible only once it is complete, and a move of a complete object is a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -28,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
 from ipt_data.manifest import MANIFEST_NAME, _validate
-from ipt_data.safety import check_manifest_entries, safe_relative_path
+from ipt_data.safety import check_manifest_entries, read_samples, safe_relative_path
 
 PARTIAL_SUFFIX = ".part"
 
@@ -80,10 +82,81 @@ def read_bytes(location: SetLocation, relative: str) -> bytes:
 
 def open_read(location: SetLocation, relative: str) -> IO[bytes]:
     """A binary stream of ``relative``, read front to back without fetching it whole first."""
-    options = {"block_size": 0} if location.url.startswith(("http://", "https://")) else {}
-    # block_size 0: one streamed GET; the default would issue range requests, which plain
-    # servers (python -m http.server) do not support.
-    return location.fs.open(location.path(relative), "rb", **options)
+    return location.fs.open(location.path(relative), "rb", **_streaming(location.url))
+
+
+def _streaming(url: str) -> dict:
+    # http(s): one streamed GET (block_size 0); the default would issue range requests, which
+    # plain servers (python -m http.server) do not support.
+    return {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+
+
+class CheckedStream:
+    """A read-only stream over ``incoming`` that hashes what passes through it, copies it to
+    ``copy_to`` if given, and refuses (UserError) more or fewer bytes than ``expected``."""
+
+    def __init__(
+        self, incoming: IO[bytes], name: str, expected: int | None, copy_to: IO[bytes] | None = None
+    ) -> None:
+        self._incoming, self._name = incoming, name
+        self._expected, self._copy_to = expected, copy_to
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._incoming.read(size)
+        self.size += len(data)
+        short = not data and size and self._expected is not None and self.size < self._expected
+        if short or (self._expected is not None and self.size > self._expected):
+            raise UserError(
+                f"{self._name}: {'only' if short else 'more than'} {self.size} bytes, "
+                f"manifest says {self._expected}; refused"
+            )
+        self.sha256.update(data)
+        if self._copy_to is not None:
+            self._copy_to.write(data)
+        return data
+
+    def drain(self) -> None:
+        """Read what a tar reader left unread (end-of-archive padding)."""
+        while self.read(1 << 20):
+            pass
+
+    def check_sha256(self, expected: str) -> None:
+        if self.sha256.hexdigest() != expected:
+            raise UserError(f"{self._name}: sha256 differs from the manifest; refused")
+
+
+def shard_sources(location: SetLocation, manifest: dict, task: str) -> list[dict]:
+    """``{"url", "bytes", "sha256"}`` of each shard of ``task``: a loader's shard list, for
+    :func:`read_shards` (URLs include the scheme, e.g. ``s3://…``, ``file://…``)."""
+    return [
+        {
+            "url": location.fs.unstrip_protocol(location.path(shard["path"])),
+            "bytes": shard["bytes"],
+            "sha256": shard["sha256"],
+        }
+        for shard in manifest["tasks"][task]["shards"]
+    ]
+
+
+def read_shards(sources: Iterable[dict]) -> Iterator[dict]:
+    """A webdataset stage: shard sources (``{"url"}``, optionally ``bytes`` and ``sha256``) ->
+    raw samples checked by :func:`ipt_data.safety.read_samples`, each shard streamed through
+    fsspec without a full download.
+
+    Size and sha256 are checked as the shard streams: a shard that turns out longer than its
+    ``bytes`` stops at once; one that ends short or hashes differently raises at its end, after
+    its samples were yielded (a training run stops there rather than going on silently).
+    """
+    for source in sources:
+        url = source["url"]
+        with fsspec.open(url, "rb", **_streaming(url)) as incoming:
+            stream = CheckedStream(incoming, url, source.get("bytes"))
+            yield from read_samples(stream, url)
+            stream.drain()
+        if "sha256" in source:
+            stream.check_sha256(source["sha256"])
 
 
 def open_write_partial(location: SetLocation, relative: str) -> tuple[IO[bytes], str]:

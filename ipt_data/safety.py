@@ -5,7 +5,7 @@ Three gates, each one clear :class:`UserError` naming the bad entry:
 * **paths** (:func:`safe_relative_path`, :func:`check_manifest_entries`): every shard path in a
   manifest stays inside the set (no ``..``, absolute path, URL or other host, backslash, empty
   component), is listed once, and comes with a 64-hex-digit sha256 and non-negative counts;
-* **tar members** (:func:`check_member`, :func:`scan_shard`): a shard holds only regular files
+* **tar members** (:func:`check_member`, :func:`read_samples`): a shard holds only regular files
   named ``<key>.input.png``, ``<key>.target.png``, ``<key>.json``, each sample's three together.
   Anything else (a ``.pyd``/``.pickle``/``.pth`` member, which webdataset's default decoders
   would unpickle; a symlink, device or folder; a name with ``/`` or ``..``) is refused from its
@@ -14,8 +14,9 @@ Three gates, each one clear :class:`UserError` naming the bad entry:
   IHDR header and refused above :data:`MAX_PNG_SIDE` before anything decodes it, so a
   decompression bomb never allocates its pixels.
 
-:func:`refuse_foreign_members` applies the member and PNG gates to webdataset's raw sample
-dicts, for a loader to put before ``.decode()``.
+:func:`read_samples` reads a shard stream into webdataset's raw sample dicts through all
+the member and PNG gates; :func:`refuse_foreign_members` applies the sample-level ones to
+samples that webdataset's own tar reader produced. Either goes before ``.decode()``.
 """
 
 from __future__ import annotations
@@ -119,46 +120,52 @@ def check_png_header(data: bytes, name: str) -> tuple[int, int]:
     return width, height
 
 
-def scan_shard(stream: IO[bytes], shard: str) -> int:
-    """Walk a tar shard front to back without decoding anything; returns its sample count.
+def read_samples(stream: IO[bytes], shard: str) -> Iterator[dict]:
+    """The raw samples of a tar shard, as webdataset stages expect them:
+    ``{"__key__", "__url__", "input.png", "target.png", "json"}`` with undecoded bytes.
 
-    Every member passes :func:`check_member`, every PNG :func:`check_png_header`, and each
-    sample is its three members, consecutive. ``stream`` is read sequentially once (it may be a
-    network stream); a stream that is not a tar is refused.
+    ``stream`` is read front to back once (it may be a network stream). Every member passes
+    :func:`check_member` before it is read; every sample passes :func:`check_sample` (its
+    three members, together; PNG headers within the limit) before it is yielded. A stream that
+    is not an uncompressed tar is refused.
     """
-    samples, key, extensions = 0, None, []
+    sample: dict = {}
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                member_key, extension = check_member(member, shard)
-                if member_key != key:
-                    samples += _check_sample(key, extensions, shard)
-                    key, extensions = member_key, []
-                extensions.append(extension)
-                if extension.endswith(".png"):
-                    check_png_header(tar.extractfile(member).read(24), f"{shard}: {member.name}")
+                key, extension = check_member(member, shard)
+                if sample and (sample["__key__"] != key or extension in sample):
+                    yield check_sample(sample)
+                    sample = {}
+                data = tar.extractfile(member).read()
+                sample.update({"__key__": key, "__url__": shard, extension: data})
     except tarfile.TarError as error:
         raise UserError(f"{shard}: not a readable tar ({error}); refused") from None
-    return samples + _check_sample(key, extensions, shard)
+    if sample:
+        yield check_sample(sample)
 
 
-def _check_sample(key: str | None, extensions: list[str], shard: str) -> int:
-    if key is None:
-        return 0
-    if sorted(extensions) != sorted(EXTENSIONS):
-        raise UserError(f"{shard}: sample {key} has members {extensions}, expected {EXTENSIONS}")
-    return 1
+def scan_shard(stream: IO[bytes], shard: str) -> int:
+    """Check a whole tar shard with :func:`read_samples` (nothing is decoded); returns its
+    sample count."""
+    return sum(1 for _ in read_samples(stream, shard))
+
+
+def check_sample(sample: dict) -> dict:
+    """``sample`` (raw, undecoded) if it holds exactly ``input.png``, ``target.png`` and
+    ``json`` and its PNG headers are within :data:`MAX_PNG_SIDE`; else a UserError."""
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    members = sorted(name for name in sample if not name.startswith("__"))
+    if members != sorted(EXTENSIONS):
+        raise UserError(f"{where} has members {members}, expected {sorted(EXTENSIONS)}")
+    for extension in ("input.png", "target.png"):
+        check_png_header(sample[extension], f"{where}: {extension}")
+    return sample
 
 
 def refuse_foreign_members(samples: Iterable[dict]) -> Iterator[dict]:
-    """A webdataset stage (raw, undecoded samples) that raises on a sample holding anything
-    but ``input.png``, ``target.png`` and ``json``, or a PNG over the size limit; put it
-    before ``.decode()`` so that no other member reaches a decoder."""
+    """A webdataset stage for samples read by webdataset's own tar reader: :func:`check_sample`
+    on each, so that, put before ``.decode()``, no other member reaches a decoder. (Its reader
+    skips links and reads any member whole; :func:`read_samples` refuses those first.)"""
     for sample in samples:
-        where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-        members = sorted(name for name in sample if not name.startswith("__"))
-        if members != sorted(EXTENSIONS):
-            raise UserError(f"{where} has members {members}, expected {list(EXTENSIONS)}")
-        for extension in ("input.png", "target.png"):
-            check_png_header(sample[extension], f"{where}: {extension}")
-        yield sample
+        yield check_sample(sample)

@@ -30,13 +30,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from tqdm import tqdm
 
 from ipt_data.errors import UserError
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.remote import (
+    CheckedStream,
     SetLocation,
     discard,
     file_size,
@@ -220,11 +220,10 @@ def _copy_once(source: SetLocation, dest: SetLocation, shard: dict, name: str) -
     stream, partial = open_write_partial(dest, shard["path"])
     try:
         with open_read(source, shard["path"]) as incoming, stream:
-            reader = _CheckingReader(incoming, stream, shard["bytes"], name)
+            reader = CheckedStream(incoming, name, shard["bytes"], copy_to=stream)
             samples = scan_shard(reader, name)
             reader.drain()
-        if reader.sha256.hexdigest() != shard["sha256"]:
-            raise UserError(f"{name}: sha256 differs from the manifest; refused")
+        reader.check_sha256(shard["sha256"])
         if samples != shard["samples"]:
             raise UserError(f"{name}: {samples} samples, manifest says {shard['samples']}; refused")
         publish(dest, partial, shard["path"])
@@ -232,34 +231,6 @@ def _copy_once(source: SetLocation, dest: SetLocation, shard: dict, name: str) -
         discard(dest, partial)
         raise
     return reader.size
-
-
-class _CheckingReader:
-    """A read-only stream over ``incoming`` that copies what it reads to ``out``, hashes it,
-    and refuses more or fewer bytes than ``expected``."""
-
-    def __init__(self, incoming: IO[bytes], out: IO[bytes], expected: int, name: str) -> None:
-        self._incoming, self._out = incoming, out
-        self._expected, self._name = expected, name
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._incoming.read(size if size is not None and size >= 0 else _BLOCK)
-        self.size += len(data)
-        if self.size > self._expected or (not data and self.size < self._expected and size):
-            raise UserError(
-                f"{self._name}: {'more than' if data else 'only'} {self.size} bytes, "
-                f"manifest says {self._expected}; refused"
-            )
-        self.sha256.update(data)
-        self._out.write(data)
-        return data
-
-    def drain(self) -> None:
-        """Read what the tar walk left (end-of-archive padding)."""
-        while self.read(_BLOCK):
-            pass
 
 
 def _in_place(dest: SetLocation, shard: dict) -> bool:

@@ -21,8 +21,14 @@ from PIL import Image
 
 from ipt_data.cli import main
 from ipt_data.errors import UserError
-from ipt_data.remote import open_location, read_set_manifest
-from ipt_data.safety import MAX_PNG_SIDE, check_png_header, refuse_foreign_members, scan_shard
+from ipt_data.remote import open_location, read_set_manifest, read_shards
+from ipt_data.safety import (
+    MAX_MEMBER_BYTES,
+    MAX_PNG_SIDE,
+    check_png_header,
+    refuse_foreign_members,
+    scan_shard,
+)
 from ipt_data.shardwriter import encode_png
 from ipt_data.transfer import pull
 
@@ -174,6 +180,7 @@ def test_a_shard_disagreeing_with_the_manifest_is_named_and_refused(
         "absolute",
         "dotdot",
         "bomb",
+        "huge",
     ],
 )
 def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, foreign):
@@ -183,6 +190,8 @@ def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, f
         members.append(("k0.pyd", pickle.dumps(MarkerFile(marker))))
     elif foreign == "bomb":
         members[0] = ("k0.input.png", png_bomb())
+    elif foreign == "huge":
+        members.append(("k1.json", b" " * (MAX_MEMBER_BYTES + 1)))
     else:
         header = tarfile.TarInfo("k1.input.png")
         kinds = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "device": tarfile.CHRTYPE}
@@ -203,6 +212,9 @@ def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, f
     assert not marker.exists() and not Path("/tmp/k1.json").exists()
     with pytest.raises(UserError, match="refused"):
         scan_shard(io.BytesIO(shard), "evil.tar")
+    with pytest.raises(UserError, match="refused"):  # the loader's stage, streaming the shard
+        list(read_shards([{"url": str(site / "sr_x2" / "evil.tar")}]))
+    assert not marker.exists()
 
 
 def test_webdataset_guard_stops_a_pickle_before_decoding(tmp_path):

@@ -20,7 +20,9 @@ from ipt_data.remote import (
     open_read,
     read_bytes,
     read_set_manifest,
+    read_shards,
     remove_partials,
+    shard_sources,
     write_bytes,
 )
 from ipt_data.safety import safe_relative_path
@@ -121,3 +123,22 @@ def test_a_remote_shard_is_checked_one_at_a_time(shard_set):
         assert check_shard(check) is None
         assert check_shard(dataclasses.replace(check, target_size=144)).startswith("unreadable")
     assert not path.parent.exists()
+
+
+def test_webdataset_streams_checked_samples_from_a_url(shard_set):
+    import webdataset as wds
+
+    with http_server(shard_set) as server:
+        location = open_location(server.url)
+        manifest, _ = read_set_manifest(location)
+        sources = shard_sources(location, manifest, "sr_x2")
+        samples = list(wds.DataPipeline(lambda: iter(sources), read_shards, wds.decode("rgb8")))
+        assert [server.hits[f"/sr_x2/sr_x2-00000{n}.tar"] for n in range(3)] == [1, 1, 1]
+        sources[1]["sha256"] = "0" * 64
+        with pytest.raises(UserError, match=r"sr_x2-000001\.tar: sha256 differs"):
+            list(wds.DataPipeline(lambda: iter(sources), read_shards))
+    assert sources[0]["url"] == f"{server.url}/sr_x2/sr_x2-000000.tar"
+    assert len(samples) == manifest["tasks"]["sr_x2"]["samples"] == 12
+    assert {sample["input.png"].shape for sample in samples} == {(48, 48, 3)}
+    assert {sample["target.png"].shape for sample in samples} == {(96, 96, 3)}
+    assert all(isinstance(sample["json"], dict) for sample in samples)
