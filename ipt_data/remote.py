@@ -35,11 +35,6 @@ from ipt_data.safety import check_manifest_entries, read_samples, safe_relative_
 PARTIAL_SUFFIX = ".part"
 
 
-def is_url(location: str | Path) -> bool:
-    """True for ``scheme://…`` (http, s3, gs, …); False for a local path."""
-    return isinstance(location, str) and "://" in location and not location.startswith("file://")
-
-
 @dataclass(frozen=True)
 class SetLocation:
     """The root of a shard set: ``fs`` reaches it, ``root`` is its path there (no trailing /)."""

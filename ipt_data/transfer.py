@@ -74,12 +74,10 @@ def parse_selection(tasks: str | None, shards: str | None) -> Selection:
     if shards is None:
         return Selection(names or None)
     start, colon, stop = shards.partition(":")
-    try:
-        first, end = (int(part) if part.strip() else None for part in (start, stop))
-    except ValueError:
-        first = end = -1
-    if not colon or any(value is not None and value < 0 for value in (first, end)):
+    bounds = [part.strip() for part in (start, stop)]
+    if not colon or not all(part.isdigit() or not part for part in bounds):
         raise UserError(f"--shards {shards!r}: expected START:STOP, e.g. 0:100")
+    first, end = (int(part) if part else None for part in bounds)
     return Selection(names or None, first, end)
 
 
@@ -129,12 +127,12 @@ def copy_set(
     manifest, manifest_bytes = read_set_manifest(source)
     chosen = select_shards(manifest, selection)
     everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]
+    origin = source.root if source.is_local else source.url
     if sorted(_paths(chosen)) == sorted(_paths(everything)):
         out_bytes = manifest_bytes
     else:
-        origin = source.root if source.is_local else source.url
         out_bytes = _dumps(subset_manifest(manifest, manifest_bytes, origin, selection))
-    _claim_destination(dest, source.url, out_bytes)
+    _claim_destination(dest, origin, out_bytes)
     for folder in sorted({shard["path"].rpartition("/")[0] for shard in chosen} - {""}):
         remove_partials(dest, folder)
     copied = skipped = moved = 0
@@ -152,7 +150,7 @@ def copy_set(
 
 
 def select_shards(manifest: dict, selection: Selection) -> list[dict]:
-    """The shard entries a selection picks, task by task in manifest order."""
+    """The shard entries a selection picks, task by task (in the selection's order)."""
     tasks = manifest["tasks"]
     names = selection.tasks or tuple(tasks)
     unknown = [name for name in names if name not in tasks]
@@ -284,7 +282,12 @@ def _dumps(value: dict) -> bytes:
 def summary_line(result: TransferResult) -> str:
     """One line for the CLI: what was copied now, what was already there, where the set is."""
     subset = result.manifest.get("subset_of")
-    kind = f"subset {subset['selection']} of {subset['source']}" if subset else "complete set"
+    if subset:
+        picked = subset["selection"]
+        tasks = ",".join(picked["tasks"]) if isinstance(picked["tasks"], list) else "all"
+        kind = f"subset (tasks {tasks}, shards {picked['shards']}) of {subset['source']}"
+    else:
+        kind = "the complete set"
     return (
         f"copied {result.copied} shards ({result.bytes_copied:,} bytes), {result.skipped} were "
         f"already in place; {kind}; manifest: {result.manifest_path}"
