@@ -4,7 +4,10 @@ Input: ``images`` ImageNet-size JPEGs (the six sample photographs at 500x375, q9
 under distinct names), built with all six tasks x ``patches`` pairs by the real engine on a
 local Ray instance (started outside the timings, workers warmed up by a small build first).
 
-- **build**: wall time of ``build_shards`` with 1 and with 2 workers -> images/s per core.
+- **build**: wall time of ``build_shards`` with 1 and with 2 workers, best of two alternating
+  runs -> images/s per core; also the workers' CPU ms per image, and the 1-minute load average
+  of the machine, since on a shared machine the wall-clock speedup is only as good as the free
+  cores.
 - **floor** (one core, in this process): the JPEG decode of every input, plus the PNG encoding
   of exactly the pairs the build wrote (read back from its shards, untimed) and the writing of
   them as tar shards. Everything the build does beyond that is corruption, patch cutting and
@@ -17,6 +20,7 @@ From the one-worker rate it projects core-hours and shard bytes per task for Ima
 
 from __future__ import annotations
 
+import os
 import tarfile
 import tempfile
 import time
@@ -119,14 +123,22 @@ def benchmark_build(images: int = 100, patches: int = 8) -> dict[str, float]:
         scratch = Path(scratch)
         sources = write_inputs(scratch / "src", images)
         warmup = walk_sources(scratch / "src", limit=4)
+        load_before = os.getloadavg()[0]
         with ray_session(RayConfig(workers=2)):
             _timed_build(warmup, scratch / "warmup", 2, patches, 1)
-            one, result = _timed_build(sources, scratch / "w1", 1, patches, per_shard)
-            two, _ = _timed_build(sources, scratch / "w2", 2, patches, per_shard)
-        floor = floor_seconds(sources, scratch / "w1", result.manifest)
+            runs = {1: [], 2: []}
+            for attempt, workers in enumerate([1, 2, 1, 2]):
+                out = scratch / f"w{workers}_{attempt}"
+                runs[workers].append(_timed_build(sources, out, workers, patches, per_shard))
+        (one, result), (two, result_two) = (min(runs[w], key=lambda run: run[0]) for w in (1, 2))
+        floor = floor_seconds(sources, result.manifest_path.parent, result.manifest)
         figures.update(
+            load_average_before=load_before,
+            load_average_after=os.getloadavg()[0],
             build_img_per_s_1_worker=images / one,
             build_img_per_s_2_workers=images / two,
+            cpu_ms_per_img_1_worker=1e3 * result.worker_cpu_seconds / images,
+            cpu_ms_per_img_2_workers=1e3 * result_two.worker_cpu_seconds / images,
             floor_img_per_s_1_core=images / floor,
             build_over_floor=one / floor,
             speedup_2_over_1_workers=one / two,

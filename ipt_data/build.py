@@ -20,9 +20,9 @@ from ipt_data.sources import SourceList
 from ipt_data.tasks import TASKS, Task
 from ipt_data.worker import ChunkJob, ChunkStats, stats_path
 
-# ImageNet-1k images average ~110 kpixel; measured shard bytes per image and task (bench --build)
-# run from ~25 kB (denoise) to ~600 kB (sr_x4) at 8 patches, so 1000 images per shard gives
-# shards of 25-600 MB, and 1282 shards per task for ImageNet-1k train.
+# Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (README):
+# 82 kB (derain) .. 102 kB (denoise) .. 172 / 321 / 529 kB (sr_x2 / x3 / x4). 1000 images per
+# shard gives shards of 82-529 MB, 1282 shards per task for ImageNet-1k train.
 DEFAULT_IMAGES_PER_SHARD = 1000
 
 
@@ -53,6 +53,7 @@ class BuildResult:
     chunks_total: int
     peak_worker_rss_bytes: int  # largest peak RSS reported by a worker in this call (0 if none)
     worker_seconds: float  # sum of the chunks' run times in this call
+    worker_cpu_seconds: float  # sum of the chunks' CPU times in this call
     seconds: float  # wall time of this call
 
 
@@ -80,6 +81,7 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
         chunks_total=len(jobs),
         peak_worker_rss_bytes=max((stats.peak_rss_bytes for stats in fresh), default=0),
         worker_seconds=sum(stats.seconds for stats in fresh),
+        worker_cpu_seconds=sum(stats.cpu_seconds for stats in fresh),
         seconds=time.perf_counter() - start,
     )
 

@@ -56,6 +56,7 @@ class ChunkStats:
     shards: dict[str, dict] = field(default_factory=dict)  # task -> path/samples/bytes/sha256
     # Run-time figures, for the summary and the benchmark; never copied into the manifest.
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     peak_rss_bytes: int = 0
 
     @property
@@ -88,7 +89,7 @@ def sample_key(number: int, image_id: str, patch: int) -> str:
 
 def process_chunk(job: ChunkJob) -> tuple[int, ChunkStats]:
     """Write chunk ``job.index``'s shard of every task, then its stats file (the done-marker)."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
     tasks = [get_task(name) for name in job.task_names]
     stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})
@@ -118,6 +119,7 @@ def process_chunk(job: ChunkJob) -> tuple[int, ChunkStats]:
                 "sha256": info.sha256,
             }
     stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu_start
     stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     write_bytes_atomic(stats_path(job.out, job.index), stats.to_json())
     return job.index, stats
