@@ -65,6 +65,34 @@ def open_location(location: str | Path, storage_options: dict | None = None) -> 
     return SetLocation(text, fs, root.rstrip("/") or root)
 
 
+# Packages whose exceptions mean "the storage could not be used" (missing credentials, a
+# refused connection), whatever their class; one of them escaping is a UserError.
+_STORAGE_PACKAGES = {
+    "aiobotocore",
+    "aiohttp",
+    "azure",
+    "botocore",
+    "fsspec",
+    "gcsfs",
+    "google",
+    "s3fs",
+}
+
+
+@contextlib.contextmanager
+def storage_errors(where: str) -> Iterator[None]:
+    """Report an error of the storage backends under this block as one UserError naming
+    ``where``, with the backend's own class name and message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        if type(error).__module__.partition(".")[0] not in _STORAGE_PACKAGES:
+            raise
+        raise UserError(f"{where}: {type(error).__name__}: {error}") from None
+
+
 def read_bytes(location: SetLocation, relative: str) -> bytes:
     """The whole file ``relative`` of the set; a missing or unreachable one is a UserError."""
     try:

@@ -46,6 +46,7 @@ from ipt_data.remote import (
     publish,
     read_set_manifest,
     remove_partials,
+    storage_errors,
     write_bytes,
 )
 from ipt_data.safety import scan_shard
@@ -124,6 +125,13 @@ def copy_set(
     """Copy the selected shards of ``source`` to ``dest``, then write its manifest (last)."""
     if dest.url.startswith(("http://", "https://")):
         raise UserError(f"{dest.url}: cannot write to an http(s) URL; push to a folder or s3://…")
+    with storage_errors(f"{source.url} -> {dest.url}"):
+        return _copy_selected(source, dest, selection, progress)
+
+
+def _copy_selected(
+    source: SetLocation, dest: SetLocation, selection: Selection, progress: bool
+) -> TransferResult:
     manifest, manifest_bytes = read_set_manifest(source)
     chosen = select_shards(manifest, selection)
     everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]

@@ -203,3 +203,19 @@ def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
         streamed = list(read_shards(shard_sources(open_location(url), manifest, "denoise_30")))
         assert len(streamed) == manifest["tasks"]["denoise_30"]["samples"] == 12
     assert tree_hashes(tmp_path / "back") == tree_hashes(shard_set)
+
+
+def test_push_without_credentials_is_one_clear_error(shard_set, tmp_path, monkeypatch):
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing leaves this machine
+    s3fs.S3FileSystem.clear_instance_cache()
+    run = CliRunner().invoke(main, ["push", str(shard_set), "s3://sets/x", "--no-progress"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert run.exit_code == 1 and "Traceback" not in run.output
+    assert run.output.startswith(f"Error: {shard_set} -> s3://sets/x: NoCredentialsError")
