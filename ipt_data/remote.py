@@ -33,6 +33,7 @@ from ipt_data.manifest import MANIFEST_NAME, _validate
 from ipt_data.safety import check_manifest_entries, read_samples, safe_relative_path
 
 PARTIAL_SUFFIX = ".part"
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,33 +117,48 @@ def _streaming(url: str) -> dict:
 
 class CheckedStream:
     """A read-only stream over ``incoming`` that hashes what passes through it, copies it to
-    ``copy_to`` if given, and refuses (UserError) more or fewer bytes than ``expected``."""
+    ``copy_to`` if given, and refuses (UserError) more or fewer bytes than ``expected``.
+
+    It reads ``incoming`` in 1 MiB blocks whatever the reader asks for: tarfile asks for 10 kB
+    at a time, and each read of an fsspec network file is a trip through its event loop
+    (measured: pulling 112 MB over loopback took 4-7x a bare copy with 10 kB reads).
+    """
 
     def __init__(
         self, incoming: IO[bytes], name: str, expected: int | None, copy_to: IO[bytes] | None = None
     ) -> None:
         self._incoming, self._name = incoming, name
         self._expected, self._copy_to = expected, copy_to
+        self._buffer = bytearray()
+        self._ended = False
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def read(self, size: int) -> bytes:
-        data = self._incoming.read(size)
-        self.size += len(data)
-        short = not data and size and self._expected is not None and self.size < self._expected
+        while len(self._buffer) < size and not self._ended:
+            self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _fill(self) -> None:
+        block = self._incoming.read(_BLOCK)
+        self.size += len(block)
+        self._ended = not block
+        short = self._ended and self._expected is not None and self.size < self._expected
         if short or (self._expected is not None and self.size > self._expected):
             raise UserError(
                 f"{self._name}: {'only' if short else 'more than'} {self.size} bytes, "
                 f"manifest says {self._expected}; refused"
             )
-        self.sha256.update(data)
+        self.sha256.update(block)
         if self._copy_to is not None:
-            self._copy_to.write(data)
-        return data
+            self._copy_to.write(block)
+        self._buffer += block
 
     def drain(self) -> None:
         """Read what a tar reader left unread (end-of-archive padding)."""
-        while self.read(1 << 20):
+        while self.read(_BLOCK):
             pass
 
     def check_sha256(self, expected: str) -> None:
