@@ -11,7 +11,7 @@ other chunks have finished; their work is kept, so rerunning the build retries o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ from ipt_data.worker import ChunkJob, ChunkStats, process_chunk
 
 # The object store only carries small stats back; Ray's default (30% of RAM) would be wasted.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
+PROGRESS_SECONDS = 0.5  # how often the bar asks the running chunks how far they are
 
 
 @dataclass(frozen=True)
@@ -60,35 +61,50 @@ def ray_session(config: RayConfig) -> Iterator[int]:
             ray.shutdown()
 
 
-def run_chunks(
-    jobs: list[ChunkJob],
-    config: RayConfig,
-    on_done: Callable[[ChunkStats], None] = lambda stats: None,
-) -> list[ChunkStats]:
+class ProgressCounter:
+    """Totals that running chunks report image by image (a Ray actor), so that the progress bar
+    moves within chunks. A retried chunk reports its images again: the bar is a guide, the
+    manifest holds the counts."""
+
+    def __init__(self) -> None:
+        self.totals = [0, 0, 0]  # images, pairs, skipped
+
+    def add(self, images: int, pairs: int, skipped: int) -> None:
+        for slot, count in enumerate((images, pairs, skipped)):
+            self.totals[slot] += count
+
+    def read(self) -> list[int]:
+        return self.totals
+
+
+def run_chunk_reporting(job: ChunkJob, counter) -> tuple[int, ChunkStats]:
+    """``process_chunk`` that reports its progress to the ``counter`` actor (fire and forget)."""
+    return process_chunk(job, lambda *counts: counter.add.remote(*counts))
+
+
+def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     """Run every job as a Ray task, at most ``workers`` at once; returns their stats by chunk."""
     ray = _import_ray()
     total_images = sum(len(job.image_ids) for job in jobs)
     done, failures = [], {}
     with ray_session(config) as in_flight_limit, _progress_bar(total_images, config) as bar:
-        remote = ray.remote(num_cpus=1)(process_chunk).options(
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        remote = ray.remote(num_cpus=1)(run_chunk_reporting).options(
             max_retries=config.retries, retry_exceptions=True
         )
         pending, queue = {}, list(reversed(jobs))
         while pending or queue:
             while queue and len(pending) < in_flight_limit:
                 job = queue.pop()
-                pending[remote.remote(job)] = job
-            [ready], _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(ready)
-            try:
-                _, stats = ray.get(ready)
-            except ray.exceptions.RayError as error:
-                failures[job.index] = error
-                bar.update(len(job.image_ids))
-                continue
-            done.append(stats)
-            on_done(stats)
-            _advance(bar, stats, done)
+                pending[remote.remote(job, counter)] = job
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    done.append(ray.get(ref)[1])
+                except ray.exceptions.RayError as error:
+                    failures[job.index] = error
+            _show(bar, ray.get(counter.read.remote()))
     if failures:
         raise BuildFailed(_failure_message(failures))
     return sorted(done, key=lambda stats: stats.chunk)
@@ -105,11 +121,10 @@ def _progress_bar(total_images: int, config: RayConfig) -> Iterator[tqdm]:
         bar.close()
 
 
-def _advance(bar: tqdm, stats: ChunkStats, done: list[ChunkStats]) -> None:
-    bar.update(stats.images)
-    patches = sum(chunk.patches for chunk in done)
-    skipped = sum(sum(chunk.skipped.values()) for chunk in done)
-    bar.set_postfix(patches=patches, skipped=skipped, refresh=False)
+def _show(bar: tqdm, totals: list[int]) -> None:
+    images, pairs, skipped = totals
+    bar.update(min(images, bar.total) - bar.n)
+    bar.set_postfix(pairs=pairs, skipped=skipped)
 
 
 def _failure_message(failures: dict[int, Exception]) -> str:

@@ -13,6 +13,7 @@ import json
 import re
 import resource
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,8 +88,17 @@ def sample_key(number: int, image_id: str, patch: int) -> str:
     return f"{number:08d}_{slug}_p{patch}"
 
 
-def process_chunk(job: ChunkJob) -> tuple[int, ChunkStats]:
-    """Write chunk ``job.index``'s shard of every task, then its stats file (the done-marker)."""
+def _ignore_progress(images: int, pairs: int, skipped: int) -> None:
+    pass
+
+
+def process_chunk(
+    job: ChunkJob, report: Callable[[int, int, int], None] = _ignore_progress
+) -> tuple[int, ChunkStats]:
+    """Write chunk ``job.index``'s shard of every task, then its stats file (the done-marker).
+
+    ``report(images, pairs, skipped)`` is called after every image, for a live progress bar.
+    """
     start, cpu_start = time.perf_counter(), time.process_time()
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
     tasks = [get_task(name) for name in job.task_names]
@@ -104,12 +114,15 @@ def process_chunk(job: ChunkJob) -> tuple[int, ChunkStats]:
             stats.images += 1
             image = _read_image(Path(job.root, image_id), stats)
             if image is None:
+                report(1, 0, 1)
                 continue
             stats.decoded += 1
-            for task in tasks:
-                _write_pairs(
-                    writers[task.name], image, task, job, job.first_number + offset, image_id, stats
-                )
+            number = job.first_number + offset
+            pairs = sum(
+                _write_pairs(writers[task.name], image, task, job, number, image_id, stats)
+                for task in tasks
+            )
+            report(1, pairs, 0)
         for name, writer in writers.items():
             info = writer.close()
             stats.shards[name] = {
@@ -145,14 +158,15 @@ def _write_pairs(
     number: int,
     image_id: str,
     stats: ChunkStats,
-) -> None:
-    """Cut one image's pairs for one task and append them to the task's shard."""
+) -> int:
+    """Cut one image's pairs for one task and append them to the task's shard; returns how
+    many were written."""
     rng, seed64 = image_rng(job.seed, image_id, task.name)
     try:
         pairs = cut_pairs(image, task, rng, job.patches_per_image)
     except ImageTooSmall:
         stats.too_small[task.name] += 1
-        return
+        return 0
     for patch, pair in enumerate(pairs):
         metadata = {
             "source": image_id,
@@ -169,3 +183,4 @@ def _write_pairs(
             "json": sample_json(metadata),
         }
         writer.write(sample_key(number, image_id, patch), members)
+    return len(pairs)

@@ -144,7 +144,7 @@ def _kill_one_running_task(nodes: list[subprocess.Popen]) -> bool:
         if not entry.name.isdigit():
             continue
         try:
-            if not (entry / "cmdline").read_bytes().startswith(b"ray::process_chunk"):
+            if not (entry / "cmdline").read_bytes().startswith(b"ray::run_chunk_reporting"):
                 continue
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if os.getpgid(parent) in groups:
