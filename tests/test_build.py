@@ -217,3 +217,25 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
     (foreign / "data.bin").write_bytes(b"x")
     with pytest.raises(UserError, match="not an empty folder"):
         build_shards(walk_sources(tree), foreign, _config(workers=2))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--out", "{tmp}/o"], "give the images: --src FOLDER, or --files LIST"),
+        (["--src", "{tmp}/missing", "--out", "{tmp}/o"], "no such folder"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--tasks", "sr_x5"], "unknown task 'sr_x5'"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--patches-per-image", "0"], "at least 1"),
+        (["--files", "{tmp}/none.txt", "--out", "{tmp}/o"], "cannot read the file list"),
+    ],
+)
+def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, message):
+    from click.testing import CliRunner
+
+    from ipt_data.cli import main
+
+    filled = [arg.format(tmp=tmp_path, tree=tree) for arg in arguments]
+    result = CliRunner().invoke(main, ["build", *filled])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.output.startswith("Error: ") and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
