@@ -35,20 +35,22 @@ class Attention(nn.Module):
         return self.out_proj(out)
 
     def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
-        w = self.in_proj_weight
-        dim = w.shape[1]
+        dim = self.in_proj_weight.shape[1]
+        # One split of the packed weight: its backward is a single concatenation of the pieces'
+        # gradients (indexing would zero-fill a full-size gradient per piece and add them up).
         if query is key and key is value:
-            q, k, v = F.linear(query, w).chunk(3, dim=-1)
+            q, k, v = F.linear(query, self.in_proj_weight).chunk(3, dim=-1)
         elif query is key:
-            q, k = F.linear(query, w[: 2 * dim]).chunk(2, dim=-1)
-            v = F.linear(value, w[2 * dim :])
+            w_qk, w_v = self.in_proj_weight.split([2 * dim, dim])
+            q, k = F.linear(query, w_qk).chunk(2, dim=-1)
+            v = F.linear(value, w_v)
         elif key is value:
-            q = F.linear(query, w[:dim])
-            k, v = F.linear(key, w[dim:]).chunk(2, dim=-1)
+            w_q, w_kv = self.in_proj_weight.split([dim, 2 * dim])
+            q = F.linear(query, w_q)
+            k, v = F.linear(key, w_kv).chunk(2, dim=-1)
         else:
-            q, k, v = (
-                F.linear(x, wi) for x, wi in zip((query, key, value), w.chunk(3), strict=True)
-            )
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+            q, k, v = F.linear(query, w_q), F.linear(key, w_k), F.linear(value, w_v)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,9 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + x
+        out = self.body(x)
+        out += x  # in place: the conv's backward does not need its output; saves a buffer
+        return out
 
 
 class Upsampler(nn.Sequential):

@@ -34,7 +34,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
         x = x + self.self_attn(h, h, h)
-        return x + self.linear2(F.relu(self.linear1(self.norm2(x)), inplace=True))
+        return x + self.linear2(F.relu(self.linear1(self.norm2(x))))
 
 
 class DecoderLayer(nn.Module):
@@ -57,7 +57,7 @@ class DecoderLayer(nn.Module):
         qk = h + task
         x = x + self.self_attn(qk, qk, h)
         x = x + self.multihead_attn(self.norm2(x) + task, memory, memory)
-        return x + self.linear2(F.relu(self.linear1(self.norm3(x)), inplace=True))
+        return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
 class Layers(nn.Module):
