@@ -39,3 +39,37 @@ def restore(
     tiles = TileConfig(overlap=overlap, blend=blend, batch=tile_batch, self_ensemble=self_ensemble)
     written = restore_files(ckpt, task_name, inputs, out, tiles, device, num_heads)
     click.echo(f"wrote {len(written)} image(s) to {out}")
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["ipt-full", "ipt-tiny"]), default="ipt-full")
+@click.option("--scales", default="2+3+4+1+1+1", show_default=True, help="Task layout, '+'-joined.")
+@click.option("--batch", default=4, show_default=True)
+@click.option("--slot", default=0, show_default=True, help="Task slot the steps run.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--steps", default=5, show_default=True, help="Timed steps (median reported).")
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile our model.")
+@click.option("--official", type=click.Path(file_okay=False), help="Official IPT checkout.")
+@click.option("--tiled-size", default=256, show_default=True, help="Tiled image side; 0 skips.")
+@click.option("--tile-batch", default=64, show_default=True)
+@click.option("--overlap", default=24, show_default=True)
+@click.option("--compare-blends", type=click.Path(file_okay=False), help="Set5-style folder.")
+@click.option("--ckpt", type=click.Path(dir_okay=False), help="Checkpoint for --compare-blends.")
+@click.option("--task", "task_name", default="sr_x2", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(**options):
+    """Speed and memory of the IPT model (and of the official code with --official); with
+    --compare-blends, the Set5 scores of the uniform and distance-weighted tile blends instead."""
+    import json
+
+    from ipt_train.bench import bench_from_options
+
+    as_json = options.pop("as_json")
+    figures = bench_from_options(**options, log=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            click.echo(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")

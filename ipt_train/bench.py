@@ -1,0 +1,334 @@
+"""The work behind ``ipt-train bench``: speed and memory of the IPT model, against the official
+implementation in the same run.
+
+Timed per step (after warm-up, medians over ``steps``): the eval forward pass and the training
+step (forward, L1 loss, backward, Adam step) at the given batch. With an official checkout
+(``--official DIR``, its ``model/`` package imported from there at run time, never vendored) the
+official model gets the same weights, inputs and optimizer, and the two are timed interleaved,
+alternating which goes first, so that load from other processes on a shared machine hits both
+alike. Tiled inference is timed on a synthetic image. On a GPU, the model FLOPs of a training
+step (counted once by ``torch.utils.flop_counter``) give the MFU against the device's peak.
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ipt_data.errors import UserError
+from ipt_train.model import IPT, PRESETS, IPTConfig
+from ipt_train.restore import blend_scores
+from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
+
+# Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: IPTConfig
+    batch: int = 4
+    slot: int = 0  # task slot the steps run
+    device: str = "cpu"
+    steps: int = 5  # timed steps per measurement (median reported)
+    warmup: int = 1
+    amp: str = "none"  # "none", "bf16" or "fp16": autocast dtype
+    compile: bool = False  # torch.compile our model
+    official_dir: Path | None = None
+    tiled_size: int = 256  # side of the input image for the tiled-inference figure (0: skip)
+    tile_batch: int = 64
+    overlap: int = 24
+
+
+class OfficialIPT(torch.nn.Module):
+    """The official ``model/ipt.py`` from a user's checkout, behind our call signature."""
+
+    def __init__(self, official_dir: Path, cfg: IPTConfig) -> None:
+        super().__init__()
+        module = _import_official(official_dir)
+        args = types.SimpleNamespace(
+            n_feats=cfg.n_feats, scale=list(cfg.scales), patch_size=cfg.patch_size,
+            patch_dim=cfg.patch_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+            num_queries=cfg.n_tasks, dropout_rate=0.0, no_mlp=False, pos_every=False,
+            no_pos=False, no_norm=False, rgb_range=int(cfg.rgb_range), n_colors=cfg.n_colors,
+        )  # fmt: skip
+        self.inner = module.ipt(args)
+
+    def forward(self, x: torch.Tensor, slot: int) -> torch.Tensor:
+        self.inner.set_scale(slot)
+        return self.inner(x)
+
+
+def _import_official(official_dir: Path):
+    if not (Path(official_dir) / "model" / "ipt.py").is_file():
+        raise UserError(f"{official_dir}: no model/ipt.py here; point --official at a checkout")
+    sys.path.insert(0, str(Path(official_dir).resolve()))
+    try:
+        return importlib.import_module("model.ipt")
+    except ImportError as error:
+        raise UserError(f"cannot import the official model from {official_dir}: {error}") from None
+    finally:
+        sys.path.pop(0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One model with its optimizer, inputs and per-step timings."""
+
+    def __init__(self, model: torch.nn.Module, bench: BenchConfig, x, target) -> None:
+        self.model, self.bench, self.x, self.target = model, bench, x, target
+        self.device = x.device
+        self.optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-5
+        )
+        # Wall seconds, and process CPU seconds (all threads): on a machine shared with other
+        # jobs the CPU time is the steadier measure of the work a step needs.
+        self.times: dict[str, list[float]] = {"forward": [], "train": [], "train_cpu": []}
+        self.peak_cuda = 0
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.bench.amp)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def forward(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            self.model(self.x, self.bench.slot)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = F.l1_loss(self.model(self.x, self.bench.slot).float(), self.target)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed(self, kind: str, record: bool = True) -> None:
+        step = self.forward if kind == "forward" else self.train_step
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        _sync(self.device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        _sync(self.device)
+        if record:
+            self.times[kind].append(time.perf_counter() - start)
+            if kind == "train":
+                self.times["train_cpu"].append(time.process_time() - start_cpu)
+        if self.device.type == "cuda":
+            self.peak_cuda = max(self.peak_cuda, torch.cuda.max_memory_allocated(self.device))
+
+    def median(self, kind: str) -> float:
+        return statistics.median(self.times[kind])
+
+
+def run_interleaved(runners: list[Runner], bench: BenchConfig) -> None:
+    """Warm up, then time every runner once per round, alternating who goes first."""
+    for kind in ("forward", "train"):
+        for _ in range(bench.warmup):
+            for runner in runners:
+                runner.timed(kind, record=False)
+        for round_index in range(bench.steps):
+            order = runners if round_index % 2 == 0 else runners[::-1]
+            for runner in order:
+                runner.timed(kind)
+
+
+def train_step_flops(model: torch.nn.Module, bench: BenchConfig, x, target) -> int:
+    """Model FLOPs of one training step (forward + backward), counted by the dispatcher."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.l1_loss(model(x, bench.slot).float(), target).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def peak_tflops(device: torch.device, amp: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in PEAK_TFLOPS.items():
+        if fragment in name:
+            return peaks["fp32" if amp == "none" else "bf16"]
+    return None
+
+
+def figures(prefix: str, runner: Runner, batch: int) -> dict:
+    train = runner.median("train")
+    out = {
+        f"{prefix}forward_s_per_sample": runner.median("forward") / batch,
+        f"{prefix}train_step_s": train,
+        f"{prefix}train_s_per_sample": train / batch,
+        f"{prefix}train_samples_per_s": batch / train,
+    }
+    if runner.device.type == "cuda":
+        out[f"{prefix}peak_cuda_memory_mib"] = runner.peak_cuda / 2**20
+    else:
+        out[f"{prefix}train_step_cpu_s"] = runner.median("train_cpu")
+    return out
+
+
+def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device) -> dict:
+    """Tiles/s and ms per input megapixel of tiled inference on a random image."""
+    scale = bench.model.scales[bench.slot]
+    tiles = TileConfig(tile=bench.model.patch_size, overlap=bench.overlap, batch=bench.tile_batch)
+    image = torch.rand(3, bench.tiled_size, bench.tiled_size, device=device) * 255
+    count = _count_tiles(bench.tiled_size, tiles)
+    model.eval()
+    restore_tiled(model, image[:, : tiles.tile, : tiles.tile], bench.slot, scale, tiles)  # warm
+    _sync(device)
+    start = time.perf_counter()
+    restore_tiled(model, image, bench.slot, scale, tiles)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {
+        "tiled_image": f"{bench.tiled_size}x{bench.tiled_size}",
+        "tiles": count,
+        "tiles_per_s": count / seconds,
+        "tiled_ms_per_megapixel": 1000 * seconds / (bench.tiled_size**2 / 1e6),
+    }
+
+
+def _count_tiles(size: int, tiles: TileConfig) -> int:
+    return len(tile_starts(size, tiles.tile, tiles.overlap)) ** 2
+
+
+def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -> dict:
+    """Build the model(s), time them, return the figures as one flat dict."""
+    device = torch.device(bench.device)
+    torch.manual_seed(0)
+    cfg = bench.model
+    ours = IPT(cfg).to(device)
+    scale = cfg.scales[bench.slot]
+    x = torch.rand(bench.batch, 3, cfg.patch_size, cfg.patch_size, device=device) * 255
+    target = torch.rand(bench.batch, 3, cfg.patch_size * scale, cfg.patch_size * scale,
+                        device=device) * 255  # fmt: skip
+    result = {
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "scales": list(cfg.scales),
+        "n_params": sum(p.numel() for p in ours.parameters()),
+        "batch": bench.batch,
+        "slot": bench.slot,
+        "amp": bench.amp,
+        "compile": bench.compile,
+        "steps": bench.steps,
+    }
+    runners = [Runner(torch.compile(ours) if bench.compile else ours, bench, x, target)]
+    if bench.official_dir is not None:
+        official = OfficialIPT(bench.official_dir, cfg).to(device)
+        official.inner.load_state_dict(ours.state_dict(), strict=True)
+        result["official_max_abs_diff"] = _max_abs_diff(ours, official, x, bench.slot)
+        runners.append(Runner(official, bench, x, target))
+    log(f"timing {len(runners)} model(s): {bench.warmup} warm-up + {bench.steps} steps each")
+    run_interleaved(runners, bench)
+    result.update(figures("", runners[0], bench.batch))
+    if len(runners) == 2:
+        result.update(figures("official_", runners[1], bench.batch))
+        result["train_step_ratio"] = result["train_step_s"] / result["official_train_step_s"]
+        if device.type == "cpu":
+            cpu_ratio = result["train_step_cpu_s"] / result["official_train_step_cpu_s"]
+            result["train_step_cpu_ratio"] = cpu_ratio
+        result["forward_ratio"] = (
+            result["forward_s_per_sample"] / result["official_forward_s_per_sample"]
+        )
+    result.update(_flops_figures(ours, bench, x, target, result["train_step_s"], device))
+    if bench.tiled_size:
+        log(f"timing tiled inference on a {bench.tiled_size}^2 image")
+        result.update(bench_tiled(ours, bench, device))
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _flops_figures(model, bench, x, target, train_step_s, device) -> dict:
+    flops = train_step_flops(model, bench, x, target)
+    achieved = flops / train_step_s / 1e12
+    peak = peak_tflops(device, bench.amp)
+    return {
+        "train_step_tflop": flops / 1e12,
+        "train_tflops_per_s": achieved,
+        "mfu": achieved / peak if peak else None,
+    }
+
+
+@torch.no_grad()
+def _max_abs_diff(ours, official, x, slot: int) -> float:
+    ours.eval()
+    official.eval()
+    return (ours(x, slot) - official(x.clone(), slot)).abs().max().item()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """``"2+3+4+1+1+1"`` -> (2, 3, 4, 1, 1, 1), the official ``--scale`` syntax."""
+    try:
+        return tuple(int(part) for part in text.split("+"))
+    except ValueError:
+        raise UserError(
+            f"scales must be '+'-joined integers like 2+3+4+1+1+1, got {text!r}"
+        ) from None
+
+
+def bench_from_options(
+    preset: str,
+    scales: str,
+    compare_blends: str | None,
+    ckpt: str | None,
+    task_name: str,
+    log: Callable[[str], None],
+    **timing,
+) -> dict:
+    """The ``ipt-train bench`` command's work: timings, or with ``compare_blends`` the Set5
+    scores of both tile blends for a trained checkpoint."""
+    if compare_blends:
+        return _blend_figures(compare_blends, ckpt, task_name, timing)
+    try:
+        cfg = PRESETS[preset](scales=parse_scales(scales))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not 0 <= timing["slot"] < cfg.n_tasks:
+        raise UserError(f"--slot {timing['slot']} out of range for scales {cfg.scales}")
+    official = timing.pop("official")
+    bench = BenchConfig(
+        model=cfg,
+        official_dir=Path(official) if official else None,
+        compile=timing.pop("compile_"),
+        **timing,
+    )
+    return run_bench(bench, log)
+
+
+def _blend_figures(folder: str, ckpt: str | None, task_name: str, timing: dict) -> dict:
+    if not ckpt:
+        raise UserError("--compare-blends needs --ckpt: randomly initialised weights rank nothing")
+    tiles = TileConfig(overlap=timing["overlap"], batch=timing["tile_batch"])
+    scores = blend_scores(ckpt, task_name, folder, tiles, timing["device"])
+    return {
+        f"{blend}_{name}": value for blend, row in scores.items() for name, value in row.items()
+    }

@@ -1,0 +1,87 @@
+"""``ipt-train bench``: the figures it prints, through the function and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ipt_data.errors import UserError
+from ipt_train.bench import BenchConfig, parse_scales, run_bench
+from ipt_train.checkpoint import save_checkpoint
+from ipt_train.cli import main
+from ipt_train.model import IPT, ipt_tiny
+
+
+def test_bench_reports_timings_flops_and_tiled_speed():
+    bench = BenchConfig(model=ipt_tiny(), batch=2, steps=2, warmup=1, tiled_size=64, slot=1)
+    figures = run_bench(bench)
+    assert figures["n_params"] == sum(p.numel() for p in IPT(ipt_tiny()).parameters())
+    for key in ("forward_s_per_sample", "train_step_s", "train_step_cpu_s", "tiles_per_s"):
+        assert figures[key] > 0, key
+    assert math.isclose(figures["train_samples_per_s"], 2 / figures["train_step_s"])
+    assert figures["tiles"] == 4  # 64 px with 48 px tiles overlapping by 24: starts 0 and 16
+    # Training ~ 3x the forward FLOPs; the tiny model's forward is ~0.1 GFLOP per 48x48 sample.
+    assert 0.1e-3 < figures["train_step_tflop"] < 10e-3
+    assert figures["mfu"] is None  # no peak figure for a CPU
+
+
+def test_bench_cli_prints_one_json_object():
+    args = ["bench", "--preset", "ipt-tiny", "--scales", "2", "--batch", "1", "--steps", "1"]
+    result = CliRunner().invoke(main, [*args, "--tiled-size", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["scales"] == [2] and figures["train_step_s"] > 0
+    assert "official_train_step_s" not in figures
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--official", "/nonexistent"], "no model/ipt.py here"),
+        (["--scales", "2+x"], "'+'-joined integers"),
+        (["--scales", "5"], "scales must be"),
+        (["--slot", "3", "--scales", "2"], "--slot 3 out of range"),
+        (["--compare-blends", "."], "needs --ckpt"),
+    ],
+)
+def test_bench_user_errors(args, message):
+    result = CliRunner().invoke(main, ["bench", "--preset", "ipt-tiny", "--steps", "1", *args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_parse_scales():
+    assert parse_scales("2+3+4+1+1+1") == (2, 3, 4, 1, 1, 1)
+    with pytest.raises(UserError):
+        parse_scales("")
+
+
+def test_compare_blends_prints_both_scores_on_set5(refdata, tmp_path):
+    # Random weights: the scores show the command works, not which blend is better.
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", IPT(ipt_tiny()))
+    args = ["bench", "--compare-blends", str(refdata / "Set5"), "--ckpt", str(tmp_path / "tiny.pt")]
+    result = CliRunner().invoke(main, [*args, "--overlap", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(scores) == {"uniform_psnr_y", "uniform_ssim_y", "distance_psnr_y", "distance_ssim_y"}
+    assert all(math.isfinite(v) for v in scores.values())
+    assert scores["uniform_psnr_y"] != scores["distance_psnr_y"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IPT_OFFICIAL_DIR"),
+    reason="set IPT_OFFICIAL_DIR to a checkout of huawei-noah/Pretrained-IPT (needs einops)",
+)
+def test_bench_against_the_official_code():
+    official = Path(os.environ["IPT_OFFICIAL_DIR"])
+    bench = BenchConfig(model=ipt_tiny(), batch=2, steps=1, tiled_size=0, official_dir=official)
+    figures = run_bench(bench)
+    assert figures["official_max_abs_diff"] <= 0.05
+    assert figures["official_train_step_s"] > 0 and figures["train_step_ratio"] > 0
