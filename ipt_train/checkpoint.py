@@ -115,17 +115,20 @@ def _tail_scale(state: StateDict, slot: int, n_feats: int) -> int:
 
 
 def build_model(state: StateDict, config: dict | None = None, num_heads: int | None = None) -> IPT:
-    """An IPT holding ``state`` (loaded strictly); ``num_heads`` overrides the saved config."""
+    """An IPT holding ``state`` (loaded strictly; the model takes over its float32 tensors, no
+    copy); ``num_heads`` overrides the saved config."""
     heads = num_heads or (config or {}).get("num_heads", 12)
     cfg = config_from_state_dict(state, num_heads=heads)
-    model = IPT(cfg)
+    with torch.device("meta"):  # no random init of weights that are overwritten at once
+        model = IPT(cfg)
     missing, unexpected = _layout_difference(model.state_dict(), state)
     if missing or unexpected:
         raise UserError(
             f"state_dict does not fit the IPT layout {cfg.scales}: "
             f"missing or misshapen {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    model.load_state_dict(state, strict=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model
 
 
