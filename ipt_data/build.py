@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipt_data.distributor import RayConfig, run_chunks
+from ipt_data.distributor import RayConfig, ray_session, run_chunks
 from ipt_data.errors import UserError
 from ipt_data.manifest import build_identity, claim_output, make_manifest, write_manifest
 from ipt_data.shardwriter import remove_stale_temporaries
@@ -67,10 +67,14 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
         list(config.tasks), config.patches_per_image, config.seed, config.images_per_shard, sources
     )
     start = time.perf_counter()
-    claim_output(out, identity)
+    claim_output(out, identity, check_only=True)
     jobs = _chunk_jobs(sources, out, config)
     pending = [job for job in jobs if not stats_path(out, job.index).is_file()]
-    fresh = run_chunks(pending, config.ray) if pending else []
+    fresh = []
+    if pending:
+        with ray_session(config.ray):  # connected before anything is written
+            claim_output(out, identity)
+            fresh = run_chunks(pending, config.ray)
     # Every chunk is done: what killed or retried workers left half-written can go.
     remove_stale_temporaries(out)
     manifest = make_manifest(identity, [_read_stats(job) for job in jobs])

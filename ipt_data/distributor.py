@@ -11,6 +11,7 @@ other chunks have finished; their work is kept, so rerunning the build retries o
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class BuildFailed(UserError):
 def ray_session(config: RayConfig) -> Iterator[int]:
     """Connect to Ray for the duration of the block; yields how many tasks to run at once."""
     ray = _import_ray()
+    if config.address:
+        _check_reachable(config.address)
     started = not ray.is_initialized()
     if started and config.address:
         ray.init(address=config.address, log_to_driver=False)
@@ -134,6 +137,17 @@ def _failure_message(failures: dict[int, Exception]) -> str:
         f"{len(failures)} chunk(s) failed after all retries: {chunks}. The other chunks are "
         f"complete; rerun the same command to retry only these. First failure:\n{first}"
     )
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``host:port`` nobody listens on: Ray itself retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {error}") from None
 
 
 def _import_ray():

@@ -53,11 +53,12 @@ def build_identity(
     }
 
 
-def claim_output(out: str | Path, identity: dict) -> bool:
+def claim_output(out: str | Path, identity: dict, *, check_only: bool = False) -> bool:
     """Make ``out`` this build's folder; True when it resumes an earlier run of the same build.
 
     Refuses (:class:`UserError`) a folder that holds anything else, including a shard set built
-    with other parameters or from other sources, rather than mixing two sets.
+    with other parameters or from other sources, rather than mixing two sets. With
+    ``check_only`` nothing is written.
     """
     out = Path(out)
     params_path = out / STATE_FOLDER / "params.json"
@@ -75,7 +76,8 @@ def claim_output(out: str | Path, identity: dict) -> bool:
         raise UserError(
             f"{out} exists and is not an empty folder or an ipt-data build; choose another --out"
         )
-    write_bytes_atomic(params_path, _dumps(identity))
+    if not check_only:
+        write_bytes_atomic(params_path, _dumps(identity))
     return False
 
 

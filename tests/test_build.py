@@ -227,6 +227,7 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
         (["--src", "{tree}", "--out", "{tmp}/o", "--tasks", "sr_x5"], "unknown task 'sr_x5'"),
         (["--src", "{tree}", "--out", "{tmp}/o", "--patches-per-image", "0"], "at least 1"),
         (["--files", "{tmp}/none.txt", "--out", "{tmp}/o"], "cannot read the file list"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--address", "127.0.0.1:1"], "cannot reach"),
     ],
 )
 def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, message):
