@@ -180,6 +180,7 @@ def figures(prefix: str, runner: Runner, batch: int) -> dict:
         f"{prefix}train_step_s": train,
         f"{prefix}train_s_per_sample": train / batch,
         f"{prefix}train_samples_per_s": batch / train,
+        f"{prefix}train_step_rounds_s": [round(t, 4) for t in runner.times["train"]],
     }
     if runner.device.type == "cuda":
         out[f"{prefix}peak_cuda_memory_mib"] = runner.peak_cuda / 2**20
@@ -211,6 +212,20 @@ def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device
 
 def _count_tiles(size: int, tiles: TileConfig) -> int:
     return len(tile_starts(size, tiles.tile, tiles.overlap)) ** 2
+
+
+def paired_ratios(ours: Runner, official: Runner) -> dict:
+    """Ours / official per round (the two ran back to back, under the same load), median over
+    rounds: steadier than a ratio of medians on a machine shared with other jobs."""
+    kinds = {"forward": "forward_ratio", "train": "train_step_ratio"}
+    if ours.device.type == "cpu":
+        kinds["train_cpu"] = "train_step_cpu_ratio"
+    return {
+        name: statistics.median(
+            a / b for a, b in zip(ours.times[k], official.times[k], strict=True)
+        )
+        for k, name in kinds.items()
+    }
 
 
 def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -> dict:
@@ -246,13 +261,7 @@ def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -
     result.update(figures("", runners[0], bench.batch))
     if len(runners) == 2:
         result.update(figures("official_", runners[1], bench.batch))
-        result["train_step_ratio"] = result["train_step_s"] / result["official_train_step_s"]
-        if device.type == "cpu":
-            cpu_ratio = result["train_step_cpu_s"] / result["official_train_step_cpu_s"]
-            result["train_step_cpu_ratio"] = cpu_ratio
-        result["forward_ratio"] = (
-            result["forward_s_per_sample"] / result["official_forward_s_per_sample"]
-        )
+        result.update(paired_ratios(*runners))
     result.update(_flops_figures(ours, bench, x, target, result["train_step_s"], device))
     if bench.tiled_size:
         log(f"timing tiled inference on a {bench.tiled_size}^2 image")
