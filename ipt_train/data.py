@@ -1,0 +1,197 @@
+"""Streaming pretraining data: a shard set (SPEC §4) -> one micro-batch of one task per unit.
+
+The training loop consumes *units* (micro-batches) in a fixed order: step s has ``accum`` units,
+all of the task ``TaskMix.task_at(seed, s)``. :class:`PretrainStream` produces exactly the units
+``[first_step*accum, last_step*accum)`` of one rank, in order, whatever the number of loader
+workers: worker w of W makes units w, w+W, w+2W, ... and ``torch.utils.data.DataLoader``
+collects its workers round robin, so the batches arrive in unit order.
+
+Every (rank, worker) pair is one *reader* with its own sample stream per task (stages chained one
+way: shard names -> tar members -> member check -> shuffle buffer of encoded samples -> PNG
+decode -> flips/rotations -> batch). A reader's shard names come from an endless sequence of
+epochs: each epoch is a permutation of the task's shards drawn from the seed, and reader g of G
+takes every G-th shard of it (with fewer shards than readers, shard g mod n). No reader ever runs
+out and no reader waits on another, so uneven shard counts cannot hang a rank.
+
+The streams are seeded from (seed, first_step, task, reader) only: a run resumed at step s reads
+exactly the data that an uninterrupted run read from its segment starting at s (the training
+loop starts a new segment at every checkpoint), given the same world size and worker count.
+Memory per reader is bounded by one shuffle buffer of *encoded* samples per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from ipt_data.errors import UserError
+from ipt_data.remote import SetLocation, open_location, open_read, read_set_manifest
+from ipt_data.safety import refuse_foreign_members
+from ipt_data.tasks import Task
+from ipt_train.schedule import TaskMix
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    micro_batch: int = 8  # samples per unit (per rank, per forward pass)
+    workers: int = 2  # DataLoader worker processes per rank (0: in the training process)
+    shuffle_buffer: int = 512  # encoded samples held per task and reader
+    augment: bool = True  # random flips and 90° rotations, the same for input and target
+    prefetch: int = 2  # units prepared ahead per worker
+
+    def __post_init__(self) -> None:
+        if self.micro_batch < 1 or self.workers < 0 or self.shuffle_buffer < 1:
+            raise UserError("micro batch and shuffle buffer must be >= 1, workers >= 0")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard set's location and checked manifest; ``shards(task)`` its set-relative shards."""
+
+    location: SetLocation
+    manifest: dict
+
+    @classmethod
+    def open(cls, where: str | Path) -> ShardSet:
+        location = open_location(where)
+        manifest, _ = read_set_manifest(location)
+        return cls(location, manifest)
+
+    def shards(self, task: Task) -> list[str]:
+        entry = self.manifest["tasks"].get(task.name)
+        shards = [s["path"] for s in entry["shards"] if s["samples"] > 0] if entry else []
+        if not shards:
+            raise UserError(f"{self.location.url}: the shard set holds no {task.name} samples")
+        return shards
+
+
+def shard_sequence(
+    shards: list[str], seed: tuple[int, ...], reader: int, readers: int
+) -> Iterator[str]:
+    """Endless: this reader's share of one seeded permutation of ``shards`` per epoch."""
+    epoch = 0
+    while True:
+        order = np.random.default_rng([*seed, epoch]).permutation(len(shards))
+        mine = order[reader::readers] if reader < len(shards) else order[reader % len(shards) :][:1]
+        yield from (shards[i] for i in mine)
+        epoch += 1
+
+
+def raw_samples(shard_set: ShardSet, names: Iterator[str]) -> Iterator[dict]:
+    """Undecoded samples of the named shards, streamed; members other than our three refused."""
+    for name in names:
+        with open_read(shard_set.location, name) as stream:
+            source = [{"url": shard_set.location.describe(name), "stream": stream}]
+            yield from refuse_foreign_members(group_by_keys(tar_file_expander(source)))
+
+
+def shuffled(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Endless stream through a buffer of ``size``: each output a random buffered sample."""
+    buffer: list[dict] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        index = int(rng.integers(size))
+        yield buffer[index]
+        buffer[index] = sample
+    raise UserError("a shard stream ended")  # shard_sequence is endless: only a bug gets here
+
+
+def decode_pair(sample: dict, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """(input 48x48x3, target 48s x 48s x 3) RGB uint8 from a raw sample's two PNGs."""
+    pair = []
+    for member, side in (("input.png", 48), ("target.png", task.target_size)):
+        image = cv2.imdecode(np.frombuffer(sample[member], np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.shape != (side, side, 3):
+            where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+            raise UserError(f"{where}: {member} is not a {side}x{side} RGB PNG for {task.name}")
+        pair.append(image[:, :, ::-1])
+    return pair[0], pair[1]
+
+
+def augment(pair: tuple[np.ndarray, np.ndarray], rng: np.random.Generator):
+    """One of the 8 flips/rotations, drawn once and applied to input and target alike."""
+    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for image in pair:
+        image = np.rot90(image, turns)
+        out.append(image[:, ::-1] if flip else image)
+    return out[0], out[1]
+
+
+class TaskStream:
+    """One reader's endless, shuffled, decoded pairs of one task."""
+
+    def __init__(self, shard_set: ShardSet, task: Task, seed, reader, readers, config):
+        shard_seed = (*seed, task.index, 0)
+        self.rng = np.random.default_rng([*seed, task.index, 1, reader])
+        names = shard_sequence(shard_set.shards(task), shard_seed, reader, readers)
+        self.samples = shuffled(raw_samples(shard_set, names), config.shuffle_buffer, self.rng)
+        self.task, self.config = task, config
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``micro_batch`` pairs -> (input [b, 3, 48, 48], target [b, 3, 48s, 48s]) uint8."""
+        pairs = [decode_pair(next(self.samples), self.task) for _ in range(self.config.micro_batch)]
+        if self.config.augment:
+            pairs = [augment(pair, self.rng) for pair in pairs]
+        inputs, targets = (np.stack([p[i] for p in pairs]) for i in (0, 1))
+        return _to_tensor(inputs), _to_tensor(targets)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+class PretrainStream(IterableDataset):
+    """The units of steps [first_step, last_step) for ``rank`` of ``world`` (see module doc)."""
+
+    def __init__(
+        self,
+        shards: str | Path | ShardSet,
+        mix: TaskMix,
+        seed: int,
+        steps: range,
+        accum: int,
+        rank: int,
+        world: int,
+        config: LoaderConfig,
+    ) -> None:
+        super().__init__()
+        self.shard_set = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
+        for task in mix.tasks:
+            self.shard_set.shards(task)  # fail now, not in a worker, if a task has no shards
+        self.mix, self.seed, self.steps, self.accum = mix, seed, steps, accum
+        self.rank, self.world, self.config = rank, world, config
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        cv2.setNumThreads(1)
+        reader, readers = self.rank * workers + worker, self.world * workers
+        segment_seed = (self.seed, self.steps.start)
+        streams: dict[str, TaskStream] = {}
+        units = range(self.steps.start * self.accum, self.steps.stop * self.accum)
+        for unit in units[worker::workers]:
+            step = unit // self.accum
+            task = self.mix.task_at(self.seed, step)
+            if task.name not in streams:
+                streams[task.name] = TaskStream(
+                    self.shard_set, task, segment_seed, reader, readers, self.config
+                )
+            inputs, targets = streams[task.name].batch()
+            yield {"step": step, "task": task.name, "input": inputs, "target": targets}
+
+
+def make_loader(stream: PretrainStream) -> DataLoader:
+    """Batches of ``stream`` in unit order, prepared by ``stream.config.workers`` processes."""
+    workers = stream.config.workers
+    extra = {"prefetch_factor": stream.config.prefetch} if workers else {}
+    return DataLoader(stream, batch_size=None, num_workers=workers, **extra)

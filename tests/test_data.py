@@ -1,0 +1,113 @@
+"""The streaming loader on a real shard set read with the real webdataset library."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from test_train_support import build_train_shards
+
+from ipt_data.errors import UserError
+from ipt_data.tasks import TASKS, parse_tasks
+from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, make_loader, shard_sequence
+from ipt_train.schedule import TaskMix
+
+MIX = TaskMix.uniform(parse_tasks("sr_x2,sr_x4,denoise_30"))
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory):
+    return build_train_shards(tmp_path_factory)
+
+
+def stream(shards, steps=range(0, 6), rank=0, world=1, **config) -> PretrainStream:
+    settings = {"micro_batch": 4, "workers": 0, "shuffle_buffer": 8, **config}
+    return PretrainStream(shards, MIX, 5, steps, 2, rank, world, LoaderConfig(**settings))
+
+
+def all_pairs(shards, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    urls = sorted(str(p) for p in (shards / task).glob("*.tar"))
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8")
+    return [(s["input.png"], s["target.png"]) for s in dataset]
+
+
+def dihedral(image: np.ndarray) -> list[np.ndarray]:
+    return [
+        np.rot90(image, k)[:, ::-1] if f else np.rot90(image, k) for k in range(4) for f in (0, 1)
+    ]
+
+
+def test_units_arrive_in_order_with_the_drawn_task_and_aligned_pairs(train_shards):
+    loader = make_loader(stream(train_shards, workers=2))
+    batches = list(loader)
+    assert [b["step"] for b in batches] == [s for s in range(6) for _ in range(2)]
+    assert [b["task"] for b in batches] == [MIX.task_at(5, b["step"]).name for b in batches]
+    originals = {name: all_pairs(train_shards, name) for name in ("sr_x2", "sr_x4", "denoise_30")}
+    for batch in batches:
+        scale = TASKS[batch["task"]].scale
+        assert batch["input"].shape == (4, 3, 48, 48) and batch["input"].dtype == torch.uint8
+        assert batch["target"].shape == (4, 3, 48 * scale, 48 * scale)
+        for x, y in zip(batch["input"], batch["target"], strict=True):
+            x, y = x.permute(1, 2, 0).numpy(), y.permute(1, 2, 0).numpy()
+            # the pair is one of the set's pairs under one flip/rotation applied to both
+            assert any(
+                any(
+                    np.array_equal(x, a) and np.array_equal(y, b)
+                    for a, b in zip(dihedral(ox), dihedral(oy), strict=True)
+                )
+                for ox, oy in originals[batch["task"]]
+            )
+
+
+def test_same_seed_and_steps_same_data_other_rank_other_data(train_shards):
+    first = list(stream(train_shards, world=2))
+    again = list(stream(train_shards, world=2))
+    other = list(stream(train_shards, rank=1, world=2))
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+    assert [a["task"] for a in first] == [c["task"] for c in other]
+    assert not all(torch.equal(a["input"], c["input"]) for a, c in zip(first, other, strict=True))
+
+
+def test_uneven_shards_never_run_dry(train_shards):
+    # 3 shards per task over 2 ranks x 2 workers (4 readers); 40 units of 4 = 160 samples per
+    # rank, three times what one task's shards hold: readers cycle, none ends or waits.
+    for rank in (0, 1):
+        batches = list(make_loader(stream(train_shards, range(0, 20), rank, 2, workers=2)))
+        assert len(batches) == 40
+
+
+def test_shard_sequence_splits_each_epoch_between_readers():
+    shards = [f"s{i}" for i in range(5)]
+    taken = [list(zip(range(6), shard_sequence(shards, (1,), r, 2), strict=False)) for r in (0, 1)]
+    first_epoch = [name for _, name in taken[0][:3]] + [name for _, name in taken[1][:2]]
+    assert sorted(first_epoch) == shards
+    lone = shard_sequence(shards[:1], (1,), 3, 4)
+    assert [next(lone) for _ in range(3)] == ["s0"] * 3
+
+
+def test_foreign_member_is_refused_before_decoding(train_shards, tmp_path):
+    copy = tmp_path / "set"
+    shutil.copytree(train_shards, copy)
+    for path in (copy / "sr_x2").glob("*.tar"):
+        with tarfile.open(path, "a") as tar:
+            payload = b"not really a pickle"
+            info = tarfile.TarInfo("evil.pyd")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(UserError, match="evil"):
+        for _ in stream(copy, range(0, 30), shuffle_buffer=1):
+            pass
+
+
+def test_task_missing_from_the_set_is_one_clear_error(train_shards):
+    mix = TaskMix.uniform(parse_tasks("derain"))
+    with pytest.raises(UserError, match="no derain samples"):
+        PretrainStream(train_shards, mix, 0, range(2), 1, 0, 1, LoaderConfig())
+    with pytest.raises(UserError, match="no manifest"):
+        ShardSet.open(train_shards / "sr_x2")
