@@ -70,6 +70,9 @@ class ProgressCounter:
     manifest holds the counts."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.totals = [0, 0, 0]  # images, pairs, skipped
 
     def add(self, images: int, pairs: int, skipped: int) -> None:
@@ -91,7 +94,7 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     total_images = sum(len(job.image_ids) for job in jobs)
     done, failures = [], {}
     with ray_session(config) as in_flight_limit, _progress_bar(total_images, config) as bar:
-        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        counter = _progress_counter(ray)
         remote = ray.remote(num_cpus=1)(run_chunk_reporting).options(
             max_retries=config.retries, retry_exceptions=True
         )
@@ -111,6 +114,15 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     if failures:
         raise BuildFailed(_failure_message(failures))
     return sorted(done, key=lambda stats: stats.chunk)
+
+
+def _progress_counter(ray):
+    """This driver's counter actor, reset. Named, so that later builds in the same Ray session
+    reuse its process instead of starting one each (names are private to a driver's job)."""
+    actor = ray.remote(num_cpus=0)(ProgressCounter)
+    counter = actor.options(name="ipt-data-progress", get_if_exists=True).remote()
+    ray.get(counter.reset.remote())
+    return counter
 
 
 @contextmanager
