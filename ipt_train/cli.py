@@ -73,3 +73,80 @@ def bench(**options):
     else:
         for key, value in figures.items():
             click.echo(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def training_options(steps: int, batch: int, lr: float, lr_after: float | None, every: int):
+    """The options every training command shares (defaults differ by command)."""
+    options = [
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder."),
+        click.option("--steps", default=steps, show_default=True, help="Optimizer steps."),
+        click.option("--batch", default=batch, show_default=True, help="Global batch (samples)."),
+        click.option("--micro-batch", default=8, show_default=True, help="Per process/forward."),
+        click.option("--lr", default=lr, show_default=True, help="Learning rate."),
+        click.option("--lr-after", default=lr_after, type=float, help="lr after --decay-at."),
+        click.option("--decay-at", default=2 / 3, show_default=True, help="Fraction of steps."),
+        click.option("--supcon-weight", default=0.1, show_default=True, help="λ of SupCon."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--checkpoint-every", default=every, show_default=True, help="Steps."),
+        click.option("--workers", default=2, show_default=True, help="Loader processes/rank."),
+        click.option("--shuffle-buffer", default=512, show_default=True, help="Per task."),
+        click.option("--no-augment", is_flag=True, help="No random flips/rotations."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _train_config(options: dict):
+    """(TrainConfig, LoaderConfig) from the shared options (removed from ``options``)."""
+    from ipt_train.data import LoaderConfig
+    from ipt_train.schedule import LRSchedule
+    from ipt_train.train import TrainConfig
+
+    lr, lr_after = options.pop("lr"), options.pop("lr_after")
+    schedule = LRSchedule(lr, lr if lr_after is None else lr_after, options.pop("decay_at"))
+    loader = LoaderConfig(
+        micro_batch=options.pop("micro_batch"),
+        workers=options.pop("workers"),
+        shuffle_buffer=options.pop("shuffle_buffer"),
+        augment=not options.pop("no_augment"),
+    )
+    train = TrainConfig(
+        out=options.pop("out"),
+        steps=options.pop("steps"),
+        batch=options.pop("batch"),
+        schedule=schedule,
+        supcon_weight=options.pop("supcon_weight"),
+        seed=options.pop("seed"),
+        checkpoint_every=options.pop("checkpoint_every"),
+        device=options.pop("device"),
+        resume=options.pop("resume"),
+        progress=not options.pop("no_progress"),
+    )
+    return train, loader
+
+
+@main.command()
+@click.option("--shards", required=True, help="Shard set folder or URL (ipt-data build).")
+@click.option("--config", "preset", default="ipt-tiny", show_default=True, help="ipt-full|tiny.")
+@click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
+@click.option("--task-weights", default=None, help="Relative draw weights, e.g. sr_x2=2,derain=1.")
+@training_options(steps=1000, batch=256, lr=5e-5, lr_after=2e-5, every=500)
+def pretrain(shards, preset, tasks, task_weights, **options):
+    """Multi-task pretraining from a shard set (one process, or many under torchrun)."""
+    import os
+
+    from ipt_train.train import PretrainConfig, pretrain
+
+    train, loader = _train_config(options)
+    setup = PretrainConfig(shards, preset, tasks, task_weights, loader)
+    result = pretrain(train, setup)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")

@@ -1,0 +1,360 @@
+"""The training loop: build -> run -> close, on one process or many (``torchrun``).
+
+Each step trains one task, drawn from (seed, step) and so the same on every rank; the global
+batch is ``micro_batch x accum x world`` samples, ``accum`` micro-batches per rank and step. The
+loss is L1 + λ·SupCon of the body tokens (SPEC §7), Adam β (0.9, 0.999), lr from the schedule.
+
+Multi-process: ``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; the process group uses nccl on GPUs
+and gloo on CPUs. Only one head and tail take part in a step, so the model is not wrapped in
+DDP (which would need ``find_unused_parameters`` and its per-step graph walk): after the last
+micro-batch the gradients that exist (body + the step's head and tail, the same set on every
+rank) are averaged with flat bucketed all-reduces, and the other slots keep ``grad=None`` so
+Adam leaves them alone.
+
+Data comes in segments that end at checkpoints: the streams of segment [a, b) are seeded from
+(seed, a), so a run resumed from the checkpoint at step a reads exactly what the uninterrupted
+run read, and continues with exactly the saved parameters and optimizer state.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from tqdm import tqdm
+
+from ipt_data.errors import UserError
+from ipt_data.tasks import TASKS, parse_tasks
+from ipt_train.checkpoint import export_official
+from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, make_loader
+from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
+from ipt_train.model import IPT, PRESETS
+from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
+from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
+
+BUCKET_ELEMENTS = 1 << 24  # gradients reduced per all-reduce call (64 MB of float32)
+LOG_FIELDS = ("step", "task", "loss", "l1", "supcon", "lr", "samples_per_s", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every training run shares (pretraining and fine-tuning)."""
+
+    out: str
+    steps: int = 1000
+    batch: int = 256  # global samples per step (paper: 256)
+    schedule: LRSchedule = field(default_factory=LRSchedule)
+    supcon_weight: float = SUPCON_WEIGHT
+    seed: int = 0
+    checkpoint_every: int = 500
+    device: str = "auto"  # auto: cuda:LOCAL_RANK where a GPU exists, else cpu
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 1 or self.batch < 1:
+            raise UserError("--steps, --batch and --checkpoint-every must be at least 1")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world: int
+    device: torch.device
+
+
+@dataclass
+class Job:
+    """A run's parts: the model (on its device), its task mix and the slot of each task, and
+    ``batches(steps)``, the rank's micro-batches of a range of steps in order."""
+
+    model: IPT
+    mix: TaskMix
+    slot: Callable[[str], int]
+    batches: Callable[[range, int], Iterable[dict]]  # (steps, accum) -> units
+    micro_batch: int
+    identity: dict  # settings a resumed run must share with the saved one
+
+
+@dataclass
+class TrainResult:
+    model: IPT  # the trained model, on its device
+    step: int  # steps done in total
+    trained: list[tuple[int, str]]  # (step, task) run by this process in this call
+    last_loss: float
+
+
+@contextmanager
+def distributed(device: str) -> Iterable[DistEnv]:
+    """The process group of a ``torchrun`` launch (none for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    env = DistEnv(rank, world, torch.device(device))
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if world > 1:
+        dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo")
+    try:
+        yield env
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def accumulation(config: TrainConfig, micro_batch: int, world: int) -> int:
+    per_step = micro_batch * world
+    if config.batch % per_step:
+        raise UserError(
+            f"--batch {config.batch} is not a multiple of micro batch x processes = {per_step}"
+        )
+    return config.batch // per_step
+
+
+def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
+    """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs."""
+    out = Path(config.out)
+    accum = accumulation(config, job.micro_batch, env.world)
+    identity = {**job.identity, "batch": config.batch, "seed": config.seed}
+    optimizer = torch.optim.Adam(job.model.parameters(), lr=config.schedule.lr, betas=(0.9, 0.999))
+    start = _start_step(config, job, optimizer, identity, env)
+    log = RunLog(out, config, start, enabled=env.rank == 0)
+    result = TrainResult(job.model, start, [], math.nan)
+    try:
+        for segment in _segments(start, config.steps, config.checkpoint_every):
+            units = iter(job.batches(segment, accum))
+            for step in segment:
+                losses = _train_step(job, optimizer, units, step, accum, config, env)
+                result.trained.append((step, losses["task"]))
+                result.step, result.last_loss = step + 1, losses["loss"]
+                log.step(losses, config.batch)
+            if env.rank == 0:
+                save_train_state(out / STATE_NAME, job.model, optimizer, segment.stop, identity)
+            _barrier(env)
+    finally:
+        log.close()
+    return result
+
+
+def _segments(start: int, steps: int, every: int) -> list[range]:
+    """[start, steps) cut at the multiples of ``every`` (the checkpoint steps)."""
+    bounds = [*range((start // every + 1) * every, steps, every), steps]
+    return [range(a, b) for a, b in zip([start, *bounds[:-1]], bounds, strict=True) if a < b]
+
+
+def _start_step(config, job, optimizer, identity, env) -> int:
+    """0 for a fresh run (the same initial weights on every rank), else the saved step."""
+    path = Path(config.out) / STATE_NAME
+    if not config.resume:
+        if path.exists():
+            raise UserError(f"{path} exists: pass --resume to continue that run, or another --out")
+        _broadcast_parameters(job.model, env)
+        return 0
+    if not path.is_file():
+        raise UserError(f"--resume: {path} does not exist")
+    state = load_train_state(path)
+    changed = {k: (state.run.get(k), v) for k, v in identity.items() if state.run.get(k) != v}
+    if changed:
+        raise UserError(f"--resume: the run at {path} was started differently: {changed}")
+    job.model.load_state_dict(state.model.state_dict())
+    optimizer.load_state_dict(state.optimizer)
+    restore_rng(state.rng)
+    return state.step
+
+
+def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
+    """One optimizer step of ``accum`` micro-batches; losses averaged over ranks."""
+    task = job.mix.task_at(config.seed, step)
+    for group in optimizer.param_groups:
+        group["lr"] = config.schedule.at(step, config.steps)
+    optimizer.zero_grad(set_to_none=True)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for _ in range(accum):
+        unit = next(units)
+        if (unit["step"], unit["task"]) != (step, task.name):
+            raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
+        x = unit["input"].to(env.device, non_blocking=True).float()  # [b, 3, 48, 48]
+        y = unit["target"].to(env.device, non_blocking=True).float()  # [b, 3, 48s, 48s]
+        autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
+        with autocast:
+            output, feats = job.model(x, job.slot(task.name), return_features=True)
+        total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight)
+        (total / accum).backward()
+        sums += torch.stack([total.detach(), l1, contrastive]).double().cpu()
+    _average_gradients(job.model, env)
+    optimizer.step()
+    sums = _average_across_ranks(sums / accum, env)
+    return {
+        "step": step,
+        "task": task.name,
+        "loss": sums[0].item(),
+        "l1": sums[1].item(),
+        "supcon": sums[2].item(),
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+def _average_gradients(model: torch.nn.Module, env: DistEnv) -> None:
+    """Mean of the existing gradients over ranks, in flat buckets of BUCKET_ELEMENTS."""
+    if env.world == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    for grad in [*grads, None]:
+        if bucket and (grad is None or sum(g.numel() for g in bucket) >= BUCKET_ELEMENTS):
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat)
+            flat /= env.world
+            for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
+                g.copy_(reduced)
+            bucket = []
+        if grad is not None:
+            bucket.append(grad)
+
+
+def _average_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.world == 1:
+        return values
+    values = values.to(env.device)
+    dist.all_reduce(values)
+    return values.cpu() / env.world
+
+
+def _broadcast_parameters(model: torch.nn.Module, env: DistEnv) -> None:
+    if env.world > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.world > 1:
+        dist.barrier()
+
+
+class RunLog:
+    """Rank 0's record of a run: ``log.csv`` (one row per step), TensorBoard scalars under
+    ``tb/``, and a progress bar in samples with samples/s, ETA and each task's recent loss."""
+
+    def __init__(self, out: Path, config: TrainConfig, start: int, enabled: bool) -> None:
+        self.enabled, self.recent = enabled, {}
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.csv_file = _open_csv(out / "log.csv", start)
+        self.rows = csv.DictWriter(self.csv_file, LOG_FIELDS)
+        self.board = _summary_writer(out / "tb") if config.tensorboard else None
+        self.bar = tqdm(
+            total=config.steps * config.batch,
+            initial=start * config.batch,
+            unit="sample",
+            unit_scale=True,
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        self.clock, self.first = time.perf_counter(), time.perf_counter()
+
+    def step(self, losses: dict, samples: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate, self.clock = samples / max(now - self.clock, 1e-9), now
+        row = {**losses, "samples_per_s": round(rate, 2), "seconds": round(now - self.first, 3)}
+        self.rows.writerow(row)
+        self.csv_file.flush()
+        task, step = losses["task"], losses["step"]
+        if self.board:
+            for key in ("loss", "l1", "supcon"):
+                self.board.add_scalar(f"{key}/{task}", losses[key], step)
+            self.board.add_scalar("lr", losses["lr"], step)
+        self.recent[task] = losses["loss"]
+        self.bar.set_postfix({name: f"{v:.3g}" for name, v in sorted(self.recent.items())})
+        self.bar.update(samples)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.csv_file.close()
+            if self.board:
+                self.board.close()
+
+
+def _open_csv(path: Path, start: int):
+    """``log.csv`` opened for appending, without rows of steps >= ``start`` (a resumed run
+    redoes those steps after a kill)."""
+    kept = []
+    if path.is_file():
+        with path.open(newline="") as old:
+            kept = [row for row in csv.DictReader(old) if int(row["step"]) < start]
+    handle = path.open("w", newline="")
+    writer = csv.DictWriter(handle, LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(kept)
+    return handle
+
+
+def _summary_writer(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder))
+
+
+def run_identity(**settings) -> dict:
+    """Settings as plain JSON-able values (tuples become lists) for the checkpoint."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """What pretraining adds: the shard set, the model preset, the tasks and their weights."""
+
+    shards: str
+    preset: str = "ipt-tiny"
+    tasks: str = "all"
+    task_weights: str | None = None  # "sr_x2=2,derain=1"; unnamed tasks weigh 1
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
+
+def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
+    """Multi-task pretraining of a 6-task IPT from a shard set; writes ``OUT/checkpoint.pt``
+    (resumable) and ``OUT/model.pt`` (official layout) at the end."""
+    if setup.preset not in PRESETS:
+        raise UserError(
+            f"unknown model preset {setup.preset!r}; choose one of {', '.join(PRESETS)}"
+        )
+    tasks = parse_tasks(setup.tasks)
+    mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
+    shard_set = ShardSet.open(setup.shards)
+    with distributed(config.device) as env:
+        torch.manual_seed(config.seed)
+        model = IPT(PRESETS[setup.preset]()).to(env.device)
+
+        def batches(steps: range, accum: int) -> Iterable[dict]:
+            stream = PretrainStream(
+                shard_set, mix, config.seed, steps, accum, env.rank, env.world, setup.loader
+            )
+            return make_loader(stream)
+
+        identity = run_identity(
+            preset=setup.preset,
+            tasks=[task.name for task in mix.tasks],
+            weights=mix.weights,
+            micro_batch=setup.loader.micro_batch,
+        )
+        job = Job(
+            model, mix, lambda name: TASKS[name].index, batches, setup.loader.micro_batch, identity
+        )
+        result = train(config, job, env)
+        if env.rank == 0:
+            export_official(model, Path(config.out) / "model.pt")
+        return result

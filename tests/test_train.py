@@ -1,0 +1,124 @@
+"""Pretraining on a real shard set: 2-process DDP over gloo via torchrun, and kill-and-resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_support import build_train_shards
+
+from ipt_data.errors import UserError
+from ipt_data.tasks import parse_tasks
+from ipt_train.schedule import TaskMix
+from ipt_train.train import TrainConfig, _segments
+from ipt_train.trainstate import load_train_state
+
+BIN = Path(sys.executable).parent
+STATE = "checkpoint.pt"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
+DDP_SCRIPT = """
+import json, sys, torch
+from ipt_train.data import LoaderConfig
+from ipt_train.train import PretrainConfig, TrainConfig, pretrain
+
+out, shards = sys.argv[1], sys.argv[2]
+config = TrainConfig(out=out, steps=4, batch=4, checkpoint_every=2, seed=3, progress=False)
+loader = LoaderConfig(micro_batch=2, workers=1, shuffle_buffer=8)
+setup = PretrainConfig(shards, "ipt-tiny", "sr_x2,sr_x4,denoise_30", None, loader)
+result = pretrain(config, setup)
+rank = __import__("os").environ["RANK"]
+with open(f"{out}/rank{rank}.json", "w") as handle:
+    json.dump(result.trained, handle)
+torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
+"""
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory):
+    return build_train_shards(tmp_path_factory)
+
+
+def pretrain_command(shards: Path, out: Path, *extra: str) -> list:
+    command = [BIN / "ipt-train", "pretrain", "--shards", shards, "--out", out]
+    command += ["--tasks", "sr_x2,denoise_30", "--steps", "6", "--batch", "4"]
+    command += ["--micro-batch", "2", "--checkpoint-every", "2", "--workers", "1"]
+    return [*command, "--shuffle-buffer", "8", "--no-progress", "--seed", "1", *extra]
+
+
+def read_log(run: Path) -> list[dict]:
+    with (run / "log.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(pretrain_command(train_shards, reference), check=True, env=ENV)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(pretrain_command(train_shards, killed), env=ENV)
+    while not (killed / "checkpoint.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved_step = load_train_state(killed / "checkpoint.pt").step
+    assert 2 <= saved_step < 6, "the run ended before it could be killed"
+    with pytest.raises(subprocess.CalledProcessError):  # no silent overwrite of a run
+        subprocess.run(pretrain_command(train_shards, killed), check=True, env=ENV)
+    subprocess.run(pretrain_command(train_shards, killed, "--resume"), check=True, env=ENV)
+
+    done, again = load_train_state(reference / STATE), load_train_state(killed / STATE)
+    assert done.step == again.step == 6
+    for key, value in done.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+    for slot, state in done.optimizer["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, again.optimizer["state"][slot][name]), (slot, name)
+    assert [row["step"] for row in read_log(killed)] == [str(s) for s in range(6)]
+    assert read_log(killed)[5]["loss"] == read_log(reference)[5]["loss"]
+
+
+def test_resume_refuses_other_settings(train_shards, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(pretrain_command(train_shards, run), check=True, env=ENV)
+    result = subprocess.run(
+        [*pretrain_command(train_shards, run, "--resume"), "--seed", "2", "--steps", "8"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert result.returncode == 1 and "started differently" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_process_ddp_same_task_same_parameters_uneven_shards(train_shards, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", "29517", script, out, train_shards]
+    subprocess.run(command, check=True, env=ENV, timeout=300)
+    trained = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    mix = TaskMix.uniform(parse_tasks("sr_x2,sr_x4,denoise_30"))
+    assert trained[0] == trained[1] == [[s, mix.task_at(3, s).name] for s in range(4)]
+    states = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+    saved = load_train_state(out / STATE)
+    assert saved.step == 4
+    for key, value in saved.model.state_dict().items():
+        assert torch.equal(value, states[0][key].cpu()), key
+
+
+def test_segments_end_at_checkpoints():
+    assert _segments(0, 7, 3) == [range(0, 3), range(3, 6), range(6, 7)]
+    assert _segments(3, 7, 3) == [range(3, 6), range(6, 7)]
+    assert _segments(7, 7, 3) == []
+    with pytest.raises(UserError):
+        TrainConfig(out="x", steps=0)
