@@ -4,8 +4,9 @@ The image is cut into ``tile`` x ``tile`` input tiles that overlap by ``overlap`
 last tile of a row or column is moved back to end at the border), the tiles go through the model
 ``batch`` at a time, and the ``tile*scale`` output tiles are blended where they overlap:
 
-* ``uniform``: the plain average of every output tile covering a pixel (what the official
-  ``forward_chop`` does);
+* ``uniform``: the plain average of every output tile covering a pixel (the official
+  ``forward_chop`` averages uniformly too, with a fixed 12 px stride and each tile's outer 12 px
+  dropped away from the image border);
 * ``distance``: a weighted average whose weight falls linearly towards each tile's edges (a tent,
   1 at the edge pixel, tile*scale/2 in the middle), so that pixels are taken mostly from the tiles
   that saw them with the most context.
