@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,27 +66,38 @@ def ray_session(config: RayConfig) -> Iterator[int]:
 
 
 class ProgressCounter:
-    """Totals that running chunks report image by image (a Ray actor), so that the progress bar
-    moves within chunks. A retried chunk reports its images again: the bar is a guide, the
-    manifest holds the counts."""
+    """Totals that running chunks report image by image (a Ray actor), per build run, so that
+    the progress bar moves within chunks. A retried chunk reports its images again: the bar is
+    a guide, the manifest holds the counts."""
 
     def __init__(self) -> None:
-        self.reset()
+        self.totals: dict[str, list[int]] = {}  # run -> [images, pairs, skipped]
 
-    def reset(self) -> None:
-        self.totals = [0, 0, 0]  # images, pairs, skipped
-
-    def add(self, images: int, pairs: int, skipped: int) -> None:
+    def add(self, run: str, images: int, pairs: int, skipped: int) -> None:
+        totals = self.totals.setdefault(run, [0, 0, 0])
         for slot, count in enumerate((images, pairs, skipped)):
-            self.totals[slot] += count
+            totals[slot] += count
 
-    def read(self) -> list[int]:
-        return self.totals
+    def read(self, run: str) -> list[int]:
+        return self.totals.get(run, [0, 0, 0])
 
 
-def run_chunk_reporting(job: ChunkJob, counter) -> tuple[int, ChunkStats]:
+# One counter actor per Ray session of this driver, kept referenced (Ray ends an actor whose
+# handles are all gone), so that later builds in the session do not each start an actor process.
+_counters: dict[tuple[str, str], object] = {}
+
+
+def _progress_counter(ray):
+    context = ray.get_runtime_context()
+    key = (context.get_job_id(), context.gcs_address)
+    if key not in _counters:
+        _counters[key] = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    return _counters[key]
+
+
+def run_chunk_reporting(job: ChunkJob, counter, run: str) -> tuple[int, ChunkStats]:
     """``process_chunk`` that reports its progress to the ``counter`` actor (fire and forget)."""
-    return process_chunk(job, lambda *counts: counter.add.remote(*counts))
+    return process_chunk(job, lambda *counts: counter.add.remote(run, *counts))
 
 
 def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
@@ -94,7 +106,7 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     total_images = sum(len(job.image_ids) for job in jobs)
     done, failures = [], {}
     with ray_session(config) as in_flight_limit, _progress_bar(total_images, config) as bar:
-        counter = _progress_counter(ray)
+        counter, run = _progress_counter(ray), uuid.uuid4().hex
         remote = ray.remote(num_cpus=1)(run_chunk_reporting).options(
             max_retries=config.retries, retry_exceptions=True
         )
@@ -102,7 +114,7 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
         while pending or queue:
             while queue and len(pending) < in_flight_limit:
                 job = queue.pop()
-                pending[remote.remote(job, counter)] = job
+                pending[remote.remote(job, counter, run)] = job
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
             for ref in ready:
                 job = pending.pop(ref)
@@ -110,19 +122,10 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
                     done.append(ray.get(ref)[1])
                 except ray.exceptions.RayError as error:
                     failures[job.index] = error
-            _show(bar, ray.get(counter.read.remote()))
+            _show(bar, ray.get(counter.read.remote(run)))
     if failures:
         raise BuildFailed(_failure_message(failures))
     return sorted(done, key=lambda stats: stats.chunk)
-
-
-def _progress_counter(ray):
-    """This driver's counter actor, reset. Named, so that later builds in the same Ray session
-    reuse its process instead of starting one each (names are private to a driver's job)."""
-    actor = ray.remote(num_cpus=0)(ProgressCounter)
-    counter = actor.options(name="ipt-data-progress", get_if_exists=True).remote()
-    ray.get(counter.reset.remote())
-    return counter
 
 
 @contextmanager
