@@ -150,3 +150,29 @@ def pretrain(shards, preset, tasks, task_weights, **options):
     result = pretrain(train, setup)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")
+
+
+@main.command("eval")
+@click.option("--ckpt", type=click.Path(dir_okay=False), help="Checkpoint (official or ours).")
+@click.option("--baseline", is_flag=True, help="Score the input itself (bicubic for SR).")
+@click.option("--task", "task_name", required=True, help="sr_x2, sr_x3, sr_x4, derain, denoise_30…")
+@click.option("--data", required=True, type=click.Path(), help="Benchmark folder (Set5-style…).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the denoising noise.")
+@click.option("--overlap", default=24, show_default=True, help="Input pixels shared by tiles.")
+@click.option("--self-ensemble", is_flag=True, help="Average the 8 flips/rotations.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def evaluate(ckpt, baseline, task_name, data, seed, overlap, self_ensemble, device, as_json):
+    """PSNR/SSIM of a checkpoint's TASK on a benchmark folder, per image and mean."""
+    import json
+
+    from ipt_data.errors import UserError
+    from ipt_train.evaluate import EvalConfig, evaluate, format_table
+    from ipt_train.tiling import TileConfig
+
+    if bool(ckpt) == baseline:
+        raise UserError("give exactly one of --ckpt and --baseline")
+    tiles = TileConfig(overlap=overlap, self_ensemble=self_ensemble)
+    config = EvalConfig(tiles=tiles, device=device, noise_seed=seed, progress=not as_json)
+    report = evaluate(ckpt, task_name, data, config)
+    click.echo(json.dumps(report) if as_json else "\n".join(format_table(report)))

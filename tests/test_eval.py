@@ -1,0 +1,108 @@
+"""ipt-train eval: an ipt-tiny checkpoint end to end, and the baselines of every layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ipt_data.imresize import downscale, mod_crop
+from ipt_data.metrics import psnr_rgb, psnr_y, ssim_y
+from ipt_train.checkpoint import load_model, save_checkpoint
+from ipt_train.evaluate import EvalConfig, evaluate
+from ipt_train.model import IPT, ipt_tiny
+from ipt_train.restore import restore_image
+from ipt_train.tiling import TileConfig
+
+BIN = Path(sys.executable).parent
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), rgb[:, :, ::-1])
+
+
+def ipt_eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN / "ipt-train", "eval", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, IPT(ipt_tiny()))
+    return path
+
+
+def test_checkpoint_scores_equal_the_metrics_computed_directly(tiny_ckpt, sample_photos, tmp_path):
+    # two small HR images without LR files: the LR comes from MATLAB bicubic of the mod-crop
+    hr = {
+        "coffee": sample_photos["coffee"][50:171, 60:161],
+        "chelsea": sample_photos["chelsea"][:90, :75],
+    }
+    for name, image in hr.items():
+        write_png(tmp_path / "bench" / "HR" / f"{name}.png", image)
+    result = ipt_eval(
+        "--ckpt", str(tiny_ckpt), "--task", "sr_x2", "--data", str(tmp_path / "bench"), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    model = load_model(tiny_ckpt)
+    expected = []
+    for name in sorted(hr):
+        target = mod_crop(hr[name], 2)
+        output = restore_image(model, downscale(target, 2), 0, 2, TileConfig())
+        expected.append((name, psnr_y(output, target, 2), ssim_y(output, target, 2)))
+    assert [row["name"] for row in report["images"]] == [e[0] for e in expected]
+    got = [(row["psnr_y"], row["ssim_y"]) for row in report["images"]]
+    assert np.allclose(got, [e[1:] for e in expected], rtol=1e-9)
+    assert report["psnr_y"] == pytest.approx(np.mean([e[1] for e in expected]))
+    assert report["ssim_y"] == pytest.approx(np.mean([e[2] for e in expected]))
+    assert 5 < report["psnr_y"] < 40  # an untrained model: a real, finite, unremarkable score
+
+
+def test_set5_bicubic_baseline_is_the_published_row(refdata):
+    published = {"sr_x2": 33.66, "sr_x3": 30.39, "sr_x4": 28.42}
+    for task, psnr in published.items():
+        report = evaluate(None, task, refdata / "Set5", EvalConfig(progress=False))
+        assert report["psnr_y"] == pytest.approx(psnr, abs=0.03), task
+        assert len(report["images"]) == 5
+
+
+def test_denoising_noise_is_seeded_and_scored_on_y_and_rgb(refdata):
+    config = EvalConfig(progress=False, noise_seed=4)
+    first = evaluate(None, "denoise_50", refdata / "Set5" / "HR", config)
+    again = evaluate(None, "denoise_50", refdata / "Set5" / "HR", config)
+    other = evaluate(None, "denoise_50", refdata / "Set5" / "HR", EvalConfig(progress=False))
+    assert first == again and first["psnr_rgb"] != other["psnr_rgb"]
+    # sigma 50 noise, clipped: PSNR a little above 20 log10(255 / 50) = 14.15 dB
+    assert 14.1 < first["psnr_rgb"] < 15.5 and first["psnr_y"] > first["psnr_rgb"]
+
+
+def test_rain_pairs_and_one_line_errors(sample_photos, tmp_path):
+    clean = sample_photos["astronaut"][:64, :80]
+    rainy = np.clip(clean.astype(int) + 40 * (np.arange(80)[:, None] % 9 == 0), 0, 255).astype(
+        np.uint8
+    )
+    write_png(tmp_path / "rain" / "rain-1.png", rainy)
+    write_png(tmp_path / "rain" / "norain-1.png", clean)
+    report = evaluate(None, "derain", tmp_path / "rain", EvalConfig(progress=False))
+    assert report["psnr_y"] == pytest.approx(psnr_y(rainy, clean))
+    assert "psnr_rgb" not in report and psnr_rgb(rainy, clean) < 40
+    (tmp_path / "rain" / "norain-1.png").unlink()
+    for args in (
+        ["--baseline", "--task", "derain", "--data", str(tmp_path / "rain")],
+        ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "missing")],
+        ["--baseline", "--task", "sr_x5", "--data", str(tmp_path)],
+        ["--task", "sr_x2", "--data", str(tmp_path)],
+    ):
+        result = ipt_eval(*args)
+        assert result.returncode != 0 and result.stderr.startswith("Error:"), (args, result.stderr)
+        assert "Traceback" not in result.stderr
