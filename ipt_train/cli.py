@@ -75,7 +75,7 @@ def bench(**options):
             click.echo(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
 
 
-def training_options(steps: int, batch: int, lr: float, lr_after: float | None, every: int):
+def training_options(steps, batch, lr, lr_after, every, supcon=0.1):
     """The options every training command shares (defaults differ by command)."""
     options = [
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder."),
@@ -85,7 +85,7 @@ def training_options(steps: int, batch: int, lr: float, lr_after: float | None, 
         click.option("--lr", default=lr, show_default=True, help="Learning rate."),
         click.option("--lr-after", default=lr_after, type=float, help="lr after --decay-at."),
         click.option("--decay-at", default=2 / 3, show_default=True, help="Fraction of steps."),
-        click.option("--supcon-weight", default=0.1, show_default=True, help="λ of SupCon."),
+        click.option("--supcon-weight", default=supcon, show_default=True, help="λ of SupCon."),
         click.option("--seed", default=0, show_default=True),
         click.option("--checkpoint-every", default=every, show_default=True, help="Steps."),
         click.option("--workers", default=2, show_default=True, help="Loader processes/rank."),
@@ -176,3 +176,23 @@ def evaluate(ckpt, baseline, task_name, data, seed, overlap, self_ensemble, devi
     config = EvalConfig(tiles=tiles, device=device, noise_seed=seed, progress=not as_json)
     report = evaluate(ckpt, task_name, data, config)
     click.echo(json.dumps(report) if as_json else "\n".join(format_table(report)))
+
+
+@main.command()
+@click.option("--init", required=True, type=click.Path(dir_okay=False), help="Pretrained ckpt.")
+@click.option("--task", "task_name", required=True, help="Task to fine-tune, e.g. sr_x2.")
+@click.option("--shards", default=None, help="Shard set (folder or URL) holding the task.")
+@click.option("--clean", default=None, type=click.Path(), help="Clean images, corrupted live.")
+@click.option("--pairs", default=None, type=click.Path(), help="rain-N/norain-N pairs folder.")
+@training_options(steps=1000, batch=64, lr=2e-5, lr_after=None, every=500, supcon=0.0)
+def finetune(init, task_name, shards, clean, pairs, **options):
+    """Fine-tune one task of a pretrained IPT (other heads and tails dropped)."""
+    import os
+
+    from ipt_train.finetune import FinetuneConfig, finetune
+
+    train, loader = _train_config(options)
+    setup = FinetuneConfig(init, task_name, shards, clean, pairs, loader)
+    result = finetune(train, setup)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")

@@ -64,6 +64,16 @@ class ShardSet:
         manifest, _ = read_set_manifest(location)
         return cls(location, manifest)
 
+    def check(self, task: Task) -> None:
+        self.shards(task)
+
+    def stream(self, task: Task, seed: tuple[int, ...], reader: int, readers: int, config):
+        """Reader ``reader`` of ``readers``: its decoded, shuffled pairs of ``task``."""
+        rng = np.random.default_rng([*seed, task.index, 1, reader])
+        names = shard_sequence(self.shards(task), (*seed, task.index, 0), reader, readers)
+        samples = shuffled(raw_samples(self, names), config.shuffle_buffer, rng)
+        return PairBatcher((decode_pair(sample, task) for sample in samples), rng, config)
+
     def shards(self, task: Task) -> list[str]:
         entry = self.manifest["tasks"].get(task.name)
         shards = [s["path"] for s in entry["shards"] if s["samples"] > 0] if entry else []
@@ -127,19 +137,15 @@ def augment(pair: tuple[np.ndarray, np.ndarray], rng: np.random.Generator):
     return out[0], out[1]
 
 
-class TaskStream:
-    """One reader's endless, shuffled, decoded pairs of one task."""
+class PairBatcher:
+    """Micro-batches from one reader's endless stream of (input, target) HxWx3 uint8 pairs."""
 
-    def __init__(self, shard_set: ShardSet, task: Task, seed, reader, readers, config):
-        shard_seed = (*seed, task.index, 0)
-        self.rng = np.random.default_rng([*seed, task.index, 1, reader])
-        names = shard_sequence(shard_set.shards(task), shard_seed, reader, readers)
-        self.samples = shuffled(raw_samples(shard_set, names), config.shuffle_buffer, self.rng)
-        self.task, self.config = task, config
+    def __init__(self, pairs: Iterator[tuple[np.ndarray, np.ndarray]], rng, config) -> None:
+        self.pairs, self.rng, self.config = pairs, rng, config
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``micro_batch`` pairs -> (input [b, 3, 48, 48], target [b, 3, 48s, 48s]) uint8."""
-        pairs = [decode_pair(next(self.samples), self.task) for _ in range(self.config.micro_batch)]
+        pairs = [next(self.pairs) for _ in range(self.config.micro_batch)]
         if self.config.augment:
             pairs = [augment(pair, self.rng) for pair in pairs]
         inputs, targets = (np.stack([p[i] for p in pairs]) for i in (0, 1))
@@ -151,11 +157,12 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 class PretrainStream(IterableDataset):
-    """The units of steps [first_step, last_step) for ``rank`` of ``world`` (see module doc)."""
+    """The units of ``steps`` for ``rank`` of ``world`` (see module doc). ``source`` is a shard
+    set (or its location), or anything with the same ``check(task)`` and ``stream(...)``."""
 
     def __init__(
         self,
-        shards: str | Path | ShardSet,
+        source: str | Path | ShardSet,
         mix: TaskMix,
         seed: int,
         steps: range,
@@ -165,9 +172,9 @@ class PretrainStream(IterableDataset):
         config: LoaderConfig,
     ) -> None:
         super().__init__()
-        self.shard_set = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
+        self.source = ShardSet.open(source) if isinstance(source, (str, Path)) else source
         for task in mix.tasks:
-            self.shard_set.shards(task)  # fail now, not in a worker, if a task has no shards
+            self.source.check(task)  # fail now, not in a worker, if a task has no data
         self.mix, self.seed, self.steps, self.accum = mix, seed, steps, accum
         self.rank, self.world, self.config = rank, world, config
 
@@ -177,14 +184,14 @@ class PretrainStream(IterableDataset):
         cv2.setNumThreads(1)
         reader, readers = self.rank * workers + worker, self.world * workers
         segment_seed = (self.seed, self.steps.start)
-        streams: dict[str, TaskStream] = {}
+        streams: dict[str, PairBatcher] = {}
         units = range(self.steps.start * self.accum, self.steps.stop * self.accum)
         for unit in units[worker::workers]:
             step = unit // self.accum
             task = self.mix.task_at(self.seed, step)
             if task.name not in streams:
-                streams[task.name] = TaskStream(
-                    self.shard_set, task, segment_seed, reader, readers, self.config
+                streams[task.name] = self.source.stream(
+                    task, segment_seed, reader, readers, self.config
                 )
             inputs, targets = streams[task.name].batch()
             yield {"step": step, "task": task.name, "input": inputs, "target": targets}

@@ -93,7 +93,7 @@ def eval_pairs(task: Task, data: Path, noise_seed: int = 0) -> Iterator[EvalPair
     if not data.is_dir():
         raise UserError(f"{data}: no such folder")
     if task.name == "derain":
-        yield from _rain_pairs(data)
+        yield from rain_pairs(data)
         return
     images = _images(data / "HR" if (data / "HR").is_dir() else data)
     for index, path in enumerate(images):
@@ -119,7 +119,7 @@ def _sr_pair(data: Path, hr_path: Path, hr: np.ndarray, scale: int) -> EvalPair:
     return EvalPair(hr_path.stem, lr, hr)
 
 
-def _rain_pairs(data: Path) -> Iterator[EvalPair]:
+def rain_pairs(data: Path) -> Iterator[EvalPair]:
     rainy = sorted(data.glob("rain-*.png"), key=lambda p: _number(p.stem))
     if not rainy:
         raise UserError(f"{data}: no rain-*.png here; expected Rain100L-style rain-N/norain-N")

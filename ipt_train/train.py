@@ -335,26 +335,33 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
     tasks = parse_tasks(setup.tasks)
     mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
     shard_set = ShardSet.open(setup.shards)
+    identity = run_identity(
+        preset=setup.preset,
+        tasks=[task.name for task in mix.tasks],
+        weights=mix.weights,
+        micro_batch=setup.loader.micro_batch,
+    )
     with distributed(config.device) as env:
         torch.manual_seed(config.seed)
         model = IPT(PRESETS[setup.preset]()).to(env.device)
+        slot = lambda name: TASKS[name].index  # noqa: E731
+        job = stream_job(model, mix, slot, shard_set, setup.loader, config.seed, env, identity)
+        return train_and_export(config, job, env)
 
-        def batches(steps: range, accum: int) -> Iterable[dict]:
-            stream = PretrainStream(
-                shard_set, mix, config.seed, steps, accum, env.rank, env.world, setup.loader
-            )
-            return make_loader(stream)
 
-        identity = run_identity(
-            preset=setup.preset,
-            tasks=[task.name for task in mix.tasks],
-            weights=mix.weights,
-            micro_batch=setup.loader.micro_batch,
-        )
-        job = Job(
-            model, mix, lambda name: TASKS[name].index, batches, setup.loader.micro_batch, identity
-        )
-        result = train(config, job, env)
-        if env.rank == 0:
-            export_official(model, Path(config.out) / "model.pt")
-        return result
+def stream_job(model, mix, slot, source, loader: LoaderConfig, seed, env, identity) -> Job:
+    """A job reading ``source`` (a shard set or a folder source) through PretrainStream."""
+
+    def batches(steps: range, accum: int) -> Iterable[dict]:
+        stream = PretrainStream(source, mix, seed, steps, accum, env.rank, env.world, loader)
+        return make_loader(stream)
+
+    return Job(model, mix, slot, batches, loader.micro_batch, identity)
+
+
+def train_and_export(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
+    """Train, then write ``OUT/model.pt``: the model's official-layout state_dict."""
+    result = train(config, job, env)
+    if env.rank == 0:
+        export_official(job.model, Path(config.out) / "model.pt")
+    return result

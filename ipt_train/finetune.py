@@ -1,0 +1,144 @@
+"""Fine-tuning (SPEC §7): one task from a pretrained IPT, lr 2e-5, the other heads/tails dropped.
+
+The model is the task's slot of the initial checkpoint moved to slot 0 (the layout of the
+official single-task checkpoints ``IPT_sr2.pt`` ...); a single-task checkpoint of the task's
+scale is taken as it is. Training data comes from one of three sources, all read through the
+same unit stream as pretraining (:class:`ipt_train.data.PretrainStream`):
+
+* a shard set (the task's shards);
+* a folder of clean images, corrupted on the fly by the task's own ``ipt_data`` corruption
+  (:func:`ipt_data.patches.cut_pairs`), so the pairs are made exactly as in a shard build;
+* paired folders for deraining: ``rain-N.png`` / ``norain-N.png``, aligned random 48x48 crops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ipt_data.decode import decode_image
+from ipt_data.errors import UserError
+from ipt_data.fileio import read_bytes
+from ipt_data.patches import ImageTooSmall, cut_pairs
+from ipt_data.sources import walk_sources
+from ipt_data.tasks import INPUT_SIZE, Task, get_task
+from ipt_train.checkpoint import build_model, read_checkpoint, to_single_task
+from ipt_train.data import LoaderConfig, PairBatcher, ShardSet, shard_sequence, shuffled
+from ipt_train.evaluate import rain_pairs
+from ipt_train.model import IPT, PRETRAIN_SCALES
+from ipt_train.schedule import TaskMix
+from ipt_train.train import (
+    TrainConfig,
+    TrainResult,
+    distributed,
+    run_identity,
+    stream_job,
+    train_and_export,
+)
+
+PATCHES_PER_IMAGE = 8  # pairs cut from a clean image each time it comes round
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    init: str  # checkpoint to start from (6-task pretrained, or single-task)
+    task: str
+    shards: str | None = None  # exactly one of shards / clean / pairs
+    clean: str | None = None
+    pairs: str | None = None
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
+
+def initial_model(path: str | Path, task: Task) -> IPT:
+    """The single-task model for ``task`` from the checkpoint at ``path``."""
+    state, config = read_checkpoint(path)
+    model = build_model(state, config)
+    if model.cfg.scales == PRETRAIN_SCALES:
+        return build_model(to_single_task(state, task.index), config)
+    if model.cfg.scales == (task.scale,):
+        return model
+    raise UserError(
+        f"{path}: a model with task scales {model.cfg.scales} cannot start {task.name} "
+        f"fine-tuning (needs the 6-task layout or a single-task x{task.scale} one)"
+    )
+
+
+class CleanFolder:
+    """Clean images corrupted on the fly: each reader walks its share of the images."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.sources = walk_sources(folder)
+        if not self.sources.ids:
+            raise UserError(f"{folder}: no images here")
+
+    def check(self, task: Task) -> None:
+        pass
+
+    def stream(self, task: Task, seed, reader: int, readers: int, config) -> PairBatcher:
+        rng = np.random.default_rng([*seed, task.index, 2, reader])
+        names = shard_sequence(list(self.sources.ids), (*seed, task.index, 3), reader, readers)
+        pairs = shuffled(self._pairs(names, task, rng), config.shuffle_buffer, rng)
+        return PairBatcher(pairs, rng, config)
+
+    def _pairs(self, names: Iterable[str], task: Task, rng) -> Iterator[tuple]:
+        for name in names:
+            path = self.sources.root / name
+            try:
+                image = decode_image(read_bytes(path), str(path))
+                yield from (
+                    (p.input, p.target) for p in cut_pairs(image, task, rng, PATCHES_PER_IMAGE)
+                )
+            except ImageTooSmall:
+                continue
+
+
+class PairedFolder:
+    """Rain100L-style ``rain-N.png`` / ``norain-N.png`` pairs, held in memory (small sets)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.pairs = [(p.input, p.target) for p in rain_pairs(Path(folder))]
+
+    def check(self, task: Task) -> None:
+        if task.scale != 1:
+            raise UserError(f"--pairs trains same-size tasks only, not {task.name}")
+
+    def stream(self, task: Task, seed, reader: int, readers: int, config) -> PairBatcher:
+        rng = np.random.default_rng([*seed, task.index, 4, reader])
+        return PairBatcher(self._crops(rng), rng, config)
+
+    def _crops(self, rng) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            rainy, clean = self.pairs[int(rng.integers(len(self.pairs)))]
+            top = int(rng.integers(rainy.shape[0] - INPUT_SIZE + 1))
+            left = int(rng.integers(rainy.shape[1] - INPUT_SIZE + 1))
+            window = np.s_[top : top + INPUT_SIZE, left : left + INPUT_SIZE]
+            yield np.ascontiguousarray(rainy[window]), np.ascontiguousarray(clean[window])
+
+
+def training_source(setup: FinetuneConfig):
+    given = [s for s in (setup.shards, setup.clean, setup.pairs) if s]
+    if len(given) != 1:
+        raise UserError("give exactly one of --shards, --clean and --pairs")
+    if setup.shards:
+        return ShardSet.open(setup.shards)
+    return CleanFolder(setup.clean) if setup.clean else PairedFolder(setup.pairs)
+
+
+def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
+    """Fine-tune ``setup.task``; writes ``OUT/checkpoint.pt`` and ``OUT/model.pt`` (the
+    official single-task layout)."""
+    task = get_task(setup.task)
+    source = training_source(setup)
+    source.check(task)
+    mix = TaskMix.uniform([task])
+    identity = run_identity(
+        task=task.name, init=os.path.abspath(setup.init), micro_batch=setup.loader.micro_batch
+    )
+    with distributed(config.device) as env:
+        model = initial_model(setup.init, task).to(env.device)
+        job = stream_job(model, mix, lambda _: 0, source, setup.loader, config.seed, env, identity)
+        return train_and_export(config, job, env)

@@ -1,0 +1,100 @@
+"""Fine-tuning from a pretrained ipt-tiny: shards, clean folders and rain pairs, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_train_support import build_train_shards
+
+from ipt_data.errors import UserError
+from ipt_data.tasks import get_task
+from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
+from ipt_train.data import LoaderConfig
+from ipt_train.evaluate import EvalConfig, evaluate
+from ipt_train.finetune import FinetuneConfig, finetune, initial_model
+from ipt_train.model import IPT, ipt_tiny
+from ipt_train.train import TrainConfig
+
+BIN = Path(sys.executable).parent
+LOADER = LoaderConfig(micro_batch=2, workers=0, shuffle_buffer=4)
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory):
+    return build_train_shards(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pretrained") / "tiny.pt"
+    save_checkpoint(path, IPT(ipt_tiny()))
+    return path
+
+
+def short_run(out: Path) -> TrainConfig:
+    return TrainConfig(out=str(out), steps=2, batch=2, checkpoint_every=2, progress=False)
+
+
+def test_initial_model_is_the_task_slot_alone(pretrained, tmp_path):
+    model = initial_model(pretrained, get_task("sr_x4"))
+    assert model.cfg.scales == (4,)
+    expected = to_single_task(official_state_dict(load_model(pretrained)), 2)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    save_checkpoint(tmp_path / "x4.pt", model)
+    assert initial_model(tmp_path / "x4.pt", get_task("sr_x4")).cfg.scales == (4,)
+    with pytest.raises(UserError, match="cannot start sr_x2"):
+        initial_model(tmp_path / "x4.pt", get_task("sr_x2"))
+
+
+def test_finetune_from_clean_images_writes_an_evaluable_single_task_model(
+    pretrained, train_shards, tmp_path, refdata
+):
+    photos = train_shards.parent / "photos"
+    command = [BIN / "ipt-train", "finetune", "--init", pretrained, "--task", "sr_x2"]
+    command += ["--clean", photos, "--out", tmp_path / "ft", "--steps", "2", "--batch", "2"]
+    command += ["--micro-batch", "2", "--workers", "0", "--shuffle-buffer", "4", "--no-progress"]
+    subprocess.run(command, check=True)
+    model = load_model(tmp_path / "ft" / "model.pt")
+    assert model.cfg.scales == (2,)
+    before = initial_model(pretrained, get_task("sr_x2")).state_dict()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "tail.0.1.weight" in changed and "body.linear_encoding.weight" in changed
+    bench = tmp_path / "bench" / "HR"
+    bench.mkdir(parents=True)
+    hr = cv2.imread(str(refdata / "Set5" / "HR" / "baby.png"))[:96, :96]
+    cv2.imwrite(str(bench / "baby.png"), hr)
+    report = evaluate(
+        tmp_path / "ft" / "model.pt", "sr_x2", bench.parent, EvalConfig(progress=False)
+    )
+    assert np.isfinite(report["psnr_y"])
+
+
+def test_finetune_from_shards_and_from_rain_pairs(
+    pretrained, train_shards, tmp_path, sample_photos
+):
+    result = finetune(
+        short_run(tmp_path / "shards"),
+        FinetuneConfig(str(pretrained), "denoise_30", shards=str(train_shards), loader=LOADER),
+    )
+    assert result.step == 2 and [task for _, task in result.trained] == ["denoise_30"] * 2
+    pairs = tmp_path / "rain100l"
+    pairs.mkdir()
+    for number, name in enumerate(("astronaut", "coffee"), 1):
+        clean = sample_photos[name][:100, :120]
+        rainy = np.clip(clean.astype(int) + 60 * (np.arange(120) % 7 == 0)[:, None], 0, 255)
+        cv2.imwrite(str(pairs / f"norain-{number}.png"), clean[:, :, ::-1])
+        cv2.imwrite(str(pairs / f"rain-{number}.png"), rainy.astype(np.uint8)[:, :, ::-1])
+    result = finetune(
+        short_run(tmp_path / "rain"),
+        FinetuneConfig(str(pretrained), "derain", pairs=str(pairs), loader=LOADER),
+    )
+    assert result.step == 2 and np.isfinite(result.last_loss)
+    with pytest.raises(UserError, match="exactly one"):
+        finetune(short_run(tmp_path / "x"), FinetuneConfig(str(pretrained), "derain"))
