@@ -196,3 +196,23 @@ def finetune(init, task_name, shards, clean, pairs, **options):
     result = finetune(train, setup)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="[RUN/loss.png]")
+@click.option("--window", default=20, show_default=True, help="Steps averaged per point.")
+@click.option("--grid-ckpt", default=None, type=click.Path(dir_okay=False), help="Model to show.")
+@click.option("--grid-task", default="sr_x2", show_default=True, help="SR task of the grid.")
+@click.option("--grid-image", multiple=True, type=click.Path(dir_okay=False), help="HR image(s).")
+def plot(run, out, window, grid_ckpt, grid_task, grid_image):
+    """Loss curves of RUN as a PNG; with --grid-ckpt also RUN/grid.png (HR | bicubic | model)."""
+    from ipt_train.plot import comparison_grid, plot_losses
+
+    click.echo(f"wrote {plot_losses(run, out, window)}")
+    if grid_ckpt:
+        scores = comparison_grid(grid_ckpt, grid_task, list(grid_image), f"{run}/grid.png")
+        for row in scores:
+            bicubic, model = row["bicubic"], row["model"]
+            click.echo(f"{row['image']}: bicubic {bicubic:.2f} dB, model {model:.2f} dB")
+        click.echo(f"wrote {run}/grid.png")

@@ -1,0 +1,100 @@
+"""``ipt-train plot``: a run's loss curves, and a bicubic-vs-model comparison grid, as PNGs.
+
+Both are rendered in memory and written atomically (a reader never sees half a PNG).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ipt_data.decode import decode_image
+from ipt_data.errors import UserError
+from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
+from ipt_data.imresize import downscale, mod_crop, upscale
+from ipt_data.metrics import psnr_y
+from ipt_data.tasks import get_task
+from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.restore import restore_image
+from ipt_train.tiling import TileConfig
+
+
+def read_log(run: str | Path) -> list[dict]:
+    path = Path(run) / "log.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: no training log here (is {run} an ipt-train run folder?)")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise UserError(f"{path}: the log has no steps yet")
+    return rows
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` values (the first points average fewer)."""
+    sums = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20) -> Path:
+    """Per-task L1 and SupCon against the step (raw, faint; smoothed, solid) -> ``RUN/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(run)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for task in sorted({row["task"] for row in rows}):
+        mine = [row for row in rows if row["task"] == task]
+        steps = np.array([int(row["step"]) for row in mine])
+        for axis, key in zip(axes, ("l1", "supcon"), strict=True):
+            values = np.array([float(row[key]) for row in mine])
+            (line,) = axis.plot(steps, smooth(values, window), label=task)
+            axis.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
+    for axis, title in zip(axes, ("L1 (0..255 scale)", "SupCon"), strict=True):
+        axis.set(title=title, xlabel="step")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    out = Path(out) if out else Path(run) / "loss.png"
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes_atomic(out, buffer.getvalue())
+    return out
+
+
+def comparison_grid(
+    checkpoint: str | Path, task_name: str, images: list[str | Path], out: str | Path
+) -> list[dict]:
+    """For each HR image: [HR | bicubic | model] side by side, rows stacked, written as a PNG;
+    returns the Y-PSNR of bicubic and model per image (SR tasks only)."""
+    task = get_task(task_name)
+    if task.scale == 1:
+        raise UserError("the comparison grid is for SR tasks (bicubic is the baseline)")
+    model = load_model(checkpoint)
+    slot = slot_for_task(model.cfg, task)
+    rows, scores = [], []
+    for path in images:
+        hr = mod_crop(decode_image(read_bytes(path), str(path)), task.scale)
+        lr = downscale(hr, task.scale)
+        bicubic = upscale(lr, task.scale)
+        ours = restore_image(model, lr, slot, task.scale, TileConfig())
+        s = task.scale
+        scores.append(
+            {
+                "image": Path(path).stem,
+                "bicubic": psnr_y(bicubic, hr, s),
+                "model": psnr_y(ours, hr, s),
+            }
+        )
+        rows.append(np.concatenate([hr, bicubic, ours], axis=1))
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0))) for row in rows]
+    write_bytes_atomic(out, encode_image(np.concatenate(padded, axis=0), ".png"))
+    return scores

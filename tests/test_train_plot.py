@@ -1,0 +1,68 @@
+"""ipt-train plot: loss curves from a run's log.csv and the bicubic-vs-model grid."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ipt_data.errors import UserError
+from ipt_train.checkpoint import save_checkpoint
+from ipt_train.model import IPT, ipt_tiny
+from ipt_train.plot import comparison_grid, plot_losses, smooth
+from ipt_train.train import LOG_FIELDS
+
+BIN = Path(sys.executable).parent
+
+
+def test_smooth_is_a_trailing_mean():
+    values = np.array([1.0, 3.0, 5.0, 7.0])
+    assert smooth(values, 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    assert smooth(values, 10).tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_loss_plot_from_a_log_and_errors(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / "log.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        writer.writeheader()
+        for step in range(30):
+            task = ("sr_x2", "derain")[step % 2]
+            writer.writerow(
+                {
+                    "step": step,
+                    "task": task,
+                    "loss": 9,
+                    "l1": 30 - step / 2,
+                    "supcon": 8.0,
+                    "lr": 5e-5,
+                    "samples_per_s": 1,
+                    "seconds": step,
+                }
+            )
+    result = subprocess.run([BIN / "ipt-train", "plot", run], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    image = cv2.imread(str(run / "loss.png"))
+    assert image is not None and image.shape[1] > 800 and image.std() > 10
+    with pytest.raises(UserError, match="no training log"):
+        plot_losses(tmp_path)
+
+
+def test_comparison_grid_rows_and_scores(refdata, tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", IPT(ipt_tiny()))
+    hr = cv2.imread(str(refdata / "Set5" / "HR" / "bird.png"))[:61, :70]
+    cv2.imwrite(str(tmp_path / "bird.png"), hr)
+    scores = comparison_grid(
+        tmp_path / "tiny.pt", "sr_x2", [tmp_path / "bird.png"], tmp_path / "g.png"
+    )
+    grid = cv2.imread(str(tmp_path / "g.png"))
+    assert grid.shape == (60 + 4, 3 * 70, 3)  # HR mod-cropped to 60x70, three panels, a gap
+    assert scores[0]["bicubic"] > 25 and np.isfinite(scores[0]["model"])
