@@ -123,19 +123,25 @@ def process_chunk(
                 for task in tasks
             )
             report(1, pairs, 0)
-        for name, writer in writers.items():
-            info = writer.close()
-            stats.shards[name] = {
-                "path": shard_name(name, job.index),
-                "samples": info.samples,
-                "bytes": info.bytes,
-                "sha256": info.sha256,
-            }
+        stats.shards = {
+            name: _close_shard(writer, name, job.index) for name, writer in writers.items()
+        }
     stats.seconds = time.perf_counter() - start
     stats.cpu_seconds = time.process_time() - cpu_start
     stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     write_bytes_atomic(stats_path(job.out, job.index), stats.to_json())
     return job.index, stats
+
+
+def _close_shard(writer: ShardWriter, task_name: str, index: int) -> dict:
+    """Rename the finished shard into place; its manifest entry."""
+    info = writer.close()
+    return {
+        "path": shard_name(task_name, index),
+        "samples": info.samples,
+        "bytes": info.bytes,
+        "sha256": info.sha256,
+    }
 
 
 def _read_image(path: Path, stats: ChunkStats) -> np.ndarray | None:

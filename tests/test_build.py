@@ -240,3 +240,27 @@ def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, messa
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_text("n00000001/rocket.JPEG\nn00000000/chelsea.JPEG\nn99999999/notes.txt\n")
+    sources = open_sources(tree, listed)
+    out = tmp_path / "listed"
+    config = _config(workers=2, tasks=(TASKS["denoise_30"],), images_per_shard=1)
+    manifest = build_shards(sources, out, config).manifest
+    assert manifest["images"] == {"listed": 2, "decoded": 2, "skipped": {"non_image_file": 1}}
+    assert manifest["source"]["fingerprint"] == sources.fingerprint
+    firsts = [
+        first_sample_source(out / shard["path"])
+        for shard in manifest["tasks"]["denoise_30"]["shards"]
+    ]
+    assert firsts == ["n00000001/rocket.JPEG", "n00000000/chelsea.JPEG"]
+
+
+def first_sample_source(path: Path) -> str:
+    """The source of the first sample of one shard."""
+    import webdataset as wds
+
+    dataset = wds.WebDataset([str(path)], shardshuffle=False).decode()
+    return next(iter(dataset))["json"]["source"]
