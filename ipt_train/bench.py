@@ -54,6 +54,7 @@ class BenchConfig:
     tiled_size: int = 256  # side of the input image for the tiled-inference figure (0: skip)
     tile_batch: int = 64
     overlap: int = 24
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
 
 class OfficialIPT(torch.nn.Module):
@@ -231,6 +232,8 @@ def paired_ratios(ours: Runner, official: Runner) -> dict:
 def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -> dict:
     """Build the model(s), time them, return the figures as one flat dict."""
     device = torch.device(bench.device)
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
     torch.manual_seed(0)
     cfg = bench.model
     ours = IPT(cfg).to(device)

@@ -54,6 +54,7 @@ def restore(
 @click.option("--official", type=click.Path(file_okay=False), help="Official IPT checkout.")
 @click.option("--tiled-size", default=256, show_default=True, help="Tiled image side; 0 skips.")
 @click.option("--tile-batch", default=64, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="CPU threads (0: torch default).")
 @click.option("--overlap", default=24, show_default=True)
 @click.option("--compare-blends", type=click.Path(file_okay=False), help="Set5-style folder.")
 @click.option("--ckpt", type=click.Path(dir_okay=False), help="Checkpoint for --compare-blends.")
