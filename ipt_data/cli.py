@@ -128,7 +128,8 @@ def build(
 @click.argument("shards", type=click.Path())
 @click.option("--workers", type=int, help="Processes [default: all cores].")
 def verify(shards: str, workers: int | None) -> None:
-    """Re-hash and decode every shard of the set SHARDS against its manifest."""
+    """Re-hash and decode every shard of the set SHARDS (a folder, or a URL: http(s)://,
+    s3://, any fsspec URL; remote shards are fetched one at a time) against its manifest."""
     from ipt_data.errors import UserError
     from ipt_data.verify import verify_shard_set
 
@@ -143,7 +144,8 @@ def verify(shards: str, workers: int | None) -> None:
 @main.command()
 @click.argument("shards", type=click.Path())
 def info(shards: str) -> None:
-    """Print the build parameters and per-task counts and sizes of the shard set SHARDS."""
+    """Print the build parameters and per-task counts and sizes of the shard set SHARDS (a
+    folder or a URL)."""
     from ipt_data.verify import describe_shard_set
 
     click.echo("\n".join(describe_shard_set(shards)))

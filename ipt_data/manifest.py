@@ -17,6 +17,7 @@ from pathlib import Path
 from ipt_data import __version__
 from ipt_data.errors import UserError
 from ipt_data.fileio import write_bytes_atomic
+from ipt_data.safety import check_manifest_entries
 from ipt_data.sources import SourceList
 from ipt_data.tasks import INPUT_SIZE, Task
 from ipt_data.worker import STATE_FOLDER, ChunkStats
@@ -115,23 +116,14 @@ def write_manifest(out: str | Path, manifest: dict) -> Path:
     return path
 
 
-def read_manifest(shard_set: str | Path) -> dict:
-    """Read and check the manifest of the shard set at ``shard_set`` (its folder or the file)."""
-    path = Path(shard_set)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise UserError(
-            f"{path}: no manifest (is this an ipt-data shard set? is the build finished?)"
-        )
-    manifest = _load_json(path)
-    _validate(manifest, path)
-    return manifest
+def validate_manifest(manifest: object, where: str) -> None:
+    """Refuse (:class:`UserError` naming ``where``) a manifest that is not a well-formed
+    manifest of this format, or whose shard entries are unsafe
+    (:func:`ipt_data.safety.check_manifest_entries`: paths leaving the set, duplicates, bad
+    sha256, negative counts). Every reader of a manifest, local or remote, goes through here."""
 
-
-def _validate(manifest: object, path: Path) -> None:
     def fail(problem: str) -> None:
-        raise UserError(f"{path}: bad manifest: {problem}")
+        raise UserError(f"{where}: bad manifest: {problem}")
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fail(f"not an {FORMAT} manifest")
@@ -140,6 +132,8 @@ def _validate(manifest: object, path: Path) -> None:
     for key in ("params", "source", "images", "tasks"):
         if not isinstance(manifest.get(key), dict):
             fail(f"missing {key!r}")
+    if not isinstance(manifest.get("subset_of", {}), dict):
+        fail("'subset_of' is not an object")
     for name, task in manifest["tasks"].items():
         if not isinstance(task, dict) or not isinstance(task.get("shards"), list):
             fail(f"task {name!r} has no shard list")
@@ -148,8 +142,7 @@ def _validate(manifest: object, path: Path) -> None:
                 not isinstance(shard.get(key), kind) for key, kind in SHARD_FIELDS.items()
             ):
                 fail(f"task {name!r}: a shard entry lacks path/samples/bytes/sha256")
-            if Path(shard["path"]).is_absolute() or ".." in Path(shard["path"]).parts:
-                fail(f"shard path {shard['path']!r} leaves the shard set")
+    check_manifest_entries(manifest, where)
 
 
 def _differences(earlier: dict, now: dict, prefix: str = "") -> str:

@@ -29,8 +29,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
-from ipt_data.manifest import MANIFEST_NAME, _validate
-from ipt_data.safety import check_manifest_entries, read_samples, safe_relative_path
+from ipt_data.manifest import MANIFEST_NAME, validate_manifest
+from ipt_data.safety import read_samples, safe_relative_path
 
 PARTIAL_SUFFIX = ".part"
 _BLOCK = 1 << 20
@@ -275,13 +275,14 @@ def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
     try:
         data = location.fs.cat_file(location.path(MANIFEST_NAME))
     except FileNotFoundError:
-        raise UserError(f"{where}: no manifest (is this an ipt-data shard set?)") from None
+        raise UserError(
+            f"{where}: no manifest (is this an ipt-data shard set? is its build finished?)"
+        ) from None
     except OSError as error:
         raise UserError(f"{where}: cannot read ({error})") from None
     try:
         manifest = json.loads(data)
     except ValueError as error:
         raise UserError(f"{where}: bad manifest: not JSON ({error})") from None
-    _validate(manifest, where)
-    check_manifest_entries(manifest, where)
+    validate_manifest(manifest, where)
     return manifest, data

@@ -78,7 +78,10 @@ def check_manifest_entries(manifest: dict, where: str) -> None:
     seen: set[str] = set()
     for name, task in manifest["tasks"].items():
         for shard in task["shards"]:
-            path = safe_relative_path(shard["path"])
+            try:
+                path = safe_relative_path(shard["path"])
+            except UserError as refused:
+                raise UserError(f"{where}: bad manifest: {refused}") from None
             if path in seen:
                 raise UserError(f"{where}: bad manifest: shard {path!r} is listed twice")
             seen.add(path)

@@ -1,12 +1,17 @@
-"""``verify`` and ``info`` of a shard set.
+"""``verify`` and ``info`` of a shard set, in a folder or at a URL.
 
 ``verify_shard_set`` re-hashes every shard against the manifest, then reads it as a tar and
 checks that it holds the recorded number of samples, each with ``input.png`` (48×48 RGB),
-``target.png`` (48s×48s RGB) and a JSON object, and nothing else. Shards are checked in parallel
-processes; the result names every bad shard with its first problem.
+``target.png`` (48s×48s RGB) and a JSON object, and nothing else. Local shards are checked in
+parallel processes; a remote set's shards are fetched one at a time per thread into a verified
+temporary copy (:func:`ipt_data.transfer.fetched_shard`) and checked there. The result names
+every bad shard with its first problem.
 
-Tars are read with the standard library (``ipt_data`` does not import webdataset, which would
-import torch).
+A shard is someone else's file even when its hash matches the manifest (the manifest may be
+theirs too): it is read through :func:`ipt_data.safety.read_samples`, so a member other than
+the three, a link, an oversized member or a PNG bomb is refused from its header before anything
+is decoded. Tars are read with the standard library (``ipt_data`` does not import webdataset,
+which would import torch).
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ipt_data.manifest import read_manifest
-
-MEMBERS = ("input.png", "json", "target.png")  # sorted: the extensions a sample must have
+from ipt_data.errors import UserError
+from ipt_data.manifest import MANIFEST_NAME
+from ipt_data.remote import SetLocation, open_location, read_set_manifest, storage_errors
+from ipt_data.safety import check_png_header, read_samples
+from ipt_data.transfer import fetched_shard
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,15 @@ class ShardCheck:
     input_size: int
     target_size: int
 
+    def entry(self) -> dict:
+        """The shard's manifest entry."""
+        return {
+            "path": self.name,
+            "samples": self.samples,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -51,13 +66,23 @@ class VerifyReport:
         return not self.problems
 
 
+def open_shard_set(shard_set: str | Path) -> tuple[SetLocation, dict]:
+    """The location of the set at ``shard_set`` (a folder, its ``manifest.json``, or a URL:
+    ``http(s)://…``, ``s3://…``, any fsspec URL) and its checked manifest."""
+    location = open_location(shard_set)
+    if location.is_local and Path(location.root).name == MANIFEST_NAME:
+        location = open_location(Path(location.root).parent)
+    with storage_errors(location.url):
+        return location, read_set_manifest(location)[0]
+
+
 def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> VerifyReport:
-    """Check every shard of the set at ``shard_set`` against its manifest."""
-    root = Path(shard_set)
-    manifest = read_manifest(root)
+    """Check every shard of the set at ``shard_set`` (folder or URL) against its manifest."""
+    location, manifest = open_shard_set(shard_set)
     checks = [
         ShardCheck(
-            root / shard["path"],
+            # a remote shard's path is set to its fetched copy's when it is checked
+            Path(location.path(shard["path"])) if location.is_local else Path(shard["path"]),
             shard["path"],
             shard["samples"],
             shard["bytes"],
@@ -69,19 +94,40 @@ def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> Verif
         for shard in task["shards"]
     ]
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(checks) < 2:
-        problems = list(map(check_shard, checks))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            problems = list(pool.map(check_shard, checks))
+    if location.is_local:
+        problems = _map(check_shard, checks, workers, ProcessPoolExecutor)
+    else:  # network-bound: threads share one fsspec client
+        problems = _map(
+            lambda check: check_remote_shard(location, check), checks, workers, ThreadPoolExecutor
+        )
     found = {
         check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
     }
     return VerifyReport(len(checks), sum(check.samples for check in checks), found)
 
 
+def _map(function, items: list, workers: int, pool: type[Executor]) -> list:
+    if workers == 1 or len(items) < 2:
+        return list(map(function, items))
+    with pool(workers) as running:
+        return list(running.map(function, items))
+
+
+def check_remote_shard(location: SetLocation, check: ShardCheck) -> str | None:
+    """The first problem of one shard of a remote set: fetched (size, sha256 and tar members
+    checked as it streams), then checked as a local shard; the copy is removed after."""
+    try:
+        with (
+            storage_errors(location.describe(check.name)),
+            fetched_shard(location, check.entry()) as path,
+        ):
+            return check_shard(replace(check, path=path))
+    except UserError as error:
+        return str(error)
+
+
 def check_shard(check: ShardCheck) -> str | None:
-    """The first problem of one shard, or None when it is intact."""
+    """The first problem of one local shard, or None when it is intact."""
     if not check.path.is_file():
         return "missing"
     size = check.path.stat().st_size
@@ -91,7 +137,9 @@ def check_shard(check: ShardCheck) -> str | None:
         return "sha256 differs from the manifest"
     try:
         samples = _check_samples(check)
-    except (tarfile.TarError, OSError, ValueError) as error:
+    except UserError as error:  # from the member and PNG-header gates: nothing was decoded
+        return str(error)
+    except (OSError, ValueError) as error:
         return f"unreadable: {error}"
     if samples != check.samples:
         return f"{samples} samples, manifest says {check.samples}"
@@ -99,29 +147,23 @@ def check_shard(check: ShardCheck) -> str | None:
 
 
 def _check_samples(check: ShardCheck) -> int:
-    """Read the tar sample by sample; raises ValueError naming the first bad sample."""
-    samples, key, members = 0, None, {}
-    with tarfile.open(check.path, mode="r|") as tar:
-        for member in tar:
-            name_key, _, extension = member.name.partition(".")
-            if name_key != key:
-                samples += _check_sample(key, members, check) if key is not None else 0
-                key, members = name_key, {}
-            members[extension] = tar.extractfile(member).read()
-    if key is not None:
-        samples += _check_sample(key, members, check)
-    return samples
+    """Read the tar sample by sample through the safety gates, decode each; raises ValueError
+    naming the first sample that does not decode to the expected sizes."""
+    with open(check.path, "rb") as stream:
+        return sum(_check_sample(sample, check) for sample in read_samples(stream, check.name))
 
 
-def _check_sample(key: str, members: dict[str, bytes], check: ShardCheck) -> int:
-    if tuple(sorted(members)) != MEMBERS:
-        raise ValueError(f"sample {key} has members {sorted(members)}, expected {list(MEMBERS)}")
+def _check_sample(sample: dict, check: ShardCheck) -> int:
+    key = sample["__key__"]
     for extension, side in (("input.png", check.input_size), ("target.png", check.target_size)):
-        image = cv2.imdecode(np.frombuffer(members[extension], np.uint8), cv2.IMREAD_UNCHANGED)
+        data = sample[extension]
+        if check_png_header(data, f"sample {key}: {extension}") != (side, side):
+            raise ValueError(f"sample {key}: {extension} header is not {side}x{side}")
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None or image.shape != (side, side, 3) or image.dtype != np.uint8:
             shape = None if image is None else image.shape
             raise ValueError(f"sample {key}: {extension} is {shape}, expected ({side}, {side}, 3)")
-    if not isinstance(json.loads(members["json"]), dict):
+    if not isinstance(json.loads(sample["json"]), dict):
         raise ValueError(f"sample {key}: json is not an object")
     return 1
 
@@ -137,7 +179,7 @@ def _sha256(path: Path) -> str:
 def describe_shard_set(shard_set: str | Path) -> list[str]:
     """Human-readable lines: the set's build parameters, source, image counts and per-task
     samples, shards and sizes."""
-    manifest = read_manifest(shard_set)
+    _, manifest = open_shard_set(shard_set)
     params, source, images = manifest["params"], manifest["source"], manifest["images"]
     skipped = ", ".join(f"{reason} {count}" for reason, count in images["skipped"].items())
     lines = [
@@ -147,6 +189,7 @@ def describe_shard_set(shard_set: str | Path) -> list[str]:
         f"{params['images_per_shard']} images per shard",
         f"source: {source['images']} images, fingerprint {source['fingerprint'][:16]}",
         f"images: {images['decoded']} of {images['listed']} decoded; skipped: {skipped or 'none'}",
+        *_subset_lines(manifest),
         f"{'task':12s} {'input':>6s} {'target':>7s} {'samples':>10s} {'shards':>7s} "
         f"{'bytes':>14s} {'too small':>9s}",
     ]
@@ -156,3 +199,18 @@ def describe_shard_set(shard_set: str | Path) -> list[str]:
             f"{len(task['shards']):>7d} {task['bytes']:>14,d} {task['too_small']:>9d}"
         )
     return lines
+
+
+def _subset_lines(manifest: dict) -> list[str]:
+    """Where a subset (``ipt-data pull --tasks/--shards``) came from; nothing for a whole set."""
+    subset = manifest.get("subset_of")
+    if subset is None:
+        return []
+    picked = subset.get("selection")
+    picked = picked if isinstance(picked, dict) else {}
+    digest = str(subset.get("manifest_sha256"))[:16]
+    return [
+        f"subset of {subset.get('source')} (tasks {picked.get('tasks')}, shards "
+        f"{picked.get('shards')}; source manifest sha256 {digest})",
+        "  image counts and 'too small' below are the whole source set's",
+    ]
