@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import pickle
+import resource
 import struct
 import tarfile
 import zlib
@@ -130,8 +131,12 @@ def test_shard_paths_leaving_the_set_are_refused(shard_set, tmp_path, bad_path):
                 pull(server.url, tmp_path / "work" / "dest")
             assert repr(bad_path) in str(refused.value)
             run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "work" / "cli")])
-        assert run.exit_code == 1 and run.output.startswith("Error: ")
-        assert "Traceback" not in run.output
+            remote = [CliRunner().invoke(main, [cmd, server.url]) for cmd in ("info", "verify")]
+        local = [CliRunner().invoke(main, [cmd, str(site)]) for cmd in ("info", "verify")]
+        for refused_run in (run, *remote, *local):  # the local set is someone else's, too
+            assert refused_run.exit_code == 1 and refused_run.output.startswith("Error: ")
+            assert repr(bad_path) in refused_run.output and "bad manifest" in refused_run.output
+            assert "Traceback" not in refused_run.output
         assert sum(other_host.hits.values()) == 0  # the other host was never contacted
     assert not (tmp_path / "work").exists()  # refused before anything was written
     assert list(tmp_path.rglob("evil.tar")) == [tmp_path / "other" / "evil.tar"]
@@ -215,6 +220,33 @@ def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, f
     with pytest.raises(UserError, match="refused"):  # the loader's stage, streaming the shard
         list(read_shards([{"url": str(site / "sr_x2" / "evil.tar")}]))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("foreign", ["pickle", "bomb"])
+def test_verify_refuses_a_hostile_shard_with_a_matching_hash(shard_set, tmp_path, foreign):
+    """The manifest is the attacker's too: the hash matches, and verify still decodes nothing
+    foreign (no unpickling, no 400 Mpx allocation), locally and over http."""
+    marker = tmp_path / "pwned"
+    members = good_sample("k0")
+    if foreign == "pickle":
+        members.insert(2, ("k0.pyd", pickle.dumps(MarkerFile(marker))))
+    else:
+        members[1] = ("k0.target.png", png_bomb())
+    shard = tar_bytes(members)
+    site = hostile_site(shard_set, tmp_path / "site", "sr_x2", [entry("sr_x2/evil.tar", shard, 1)])
+    (site / "sr_x2" / "evil.tar").write_bytes(shard)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    local = CliRunner().invoke(main, ["verify", str(site), "--workers", "1"])
+    with http_server(site) as server:
+        remote = CliRunner().invoke(main, ["verify", server.url, "--workers", "1"])
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    expected = "member 'k0.pyd' is not <key>" if foreign == "pickle" else "20000x20000 pixels"
+    for run in (local, remote):
+        assert run.exit_code == 1 and "Error: 1 of 4 shards are bad" in run.output
+        bad = [line for line in run.output.splitlines() if line.startswith("BAD ")]
+        assert len(bad) == 1 and bad[0].startswith("BAD sr_x2/evil.tar: ") and expected in bad[0]
+    assert not marker.exists()
+    assert grown_mib < 100  # decoding the bomb would allocate 400 MB at least
 
 
 def test_webdataset_guard_stops_a_pickle_before_decoding(tmp_path):

@@ -3,16 +3,18 @@ atomic writes, streamed reads, the manifest read from a URL."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fsspec.implementations.http import HTTPFileSystem
 from fsspec.implementations.local import LocalFileSystem
-from loopback_servers import http_server, tiny_set
+from loopback_servers import copy_set, http_server, tiny_set
 
+from ipt_data.cli import main
 from ipt_data.errors import UserError
 from ipt_data.remote import (
     file_size,
@@ -26,8 +28,7 @@ from ipt_data.remote import (
     write_bytes,
 )
 from ipt_data.safety import safe_relative_path
-from ipt_data.transfer import fetched_shard
-from ipt_data.verify import ShardCheck, check_shard
+from ipt_data.verify import verify_shard_set
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +110,56 @@ def test_http_reads_stream_from_a_plain_server(shard_set):
     assert manifest == json.loads(manifest_bytes)
 
 
-def test_a_remote_shard_is_checked_one_at_a_time(shard_set):
-    """What ``ipt-data verify URL`` needs: each shard fetched, verified, checked, removed."""
+def test_info_and_verify_read_a_set_over_http(shard_set):
+    local = [CliRunner().invoke(main, [command, str(shard_set)]) for command in ("info", "verify")]
+    with http_server(shard_set) as server:
+        info = CliRunner().invoke(main, ["info", server.url])
+        verify = CliRunner().invoke(main, ["verify", server.url, "--workers", "2"])
+        missing = CliRunner().invoke(main, ["info", f"{server.url}/sr_x2"])
+    assert info.exit_code == 0 and verify.exit_code == 0, info.output + verify.output
+    assert info.output.splitlines()[1:] == local[0].output.splitlines()[1:]
+    assert info.output.startswith(f"shard set {server.url} (format 1, ")
+    assert verify.output == local[1].output == "OK: 6 shards, 24 samples\n"
+    # each shard fetched once, the manifest once per command, nothing else asked for
+    shards = {f"/{path}": 1 for path in _paths(shard_set)}
+    assert server.hits == {"/manifest.json": 2, "/sr_x2/manifest.json": 1, **shards}
+    assert missing.exit_code == 1 and "no manifest" in missing.output
+    assert "Traceback" not in missing.output
+
+
+def test_verify_over_http_names_each_bad_shard(shard_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))  # fetched copies go here
+    (tmp_path / "scratch").mkdir()
+    site = copy_set(shard_set, tmp_path / "site")
+    flipped, mismatched = "sr_x2/sr_x2-000000.tar", "sr_x2/sr_x2-000002.tar"
+    deleted = "denoise_30/denoise_30-000001.tar"
+    data = bytearray((site / flipped).read_bytes())
+    data[2000] ^= 0x01
+    (site / flipped).write_bytes(bytes(data))
+    (site / deleted).unlink()
+    manifest = json.loads((site / "manifest.json").read_bytes())
+    manifest["tasks"]["sr_x2"]["target_size"] = 144  # the hash matches, the samples do not
+    manifest["tasks"]["sr_x2"]["shards"] = manifest["tasks"]["sr_x2"]["shards"][::2]
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    with http_server(site) as server:
+        report = verify_shard_set(server.url, workers=2)
+        run = CliRunner().invoke(main, ["verify", server.url])
+    assert (report.shards, report.samples) == (5, 20)
+    assert (
+        report.problems[flipped]
+        == f"{server.url}/{flipped}: sha256 differs from the manifest; refused"
+    )
+    assert report.problems[mismatched].startswith("unreadable: sample ")
+    assert "target.png header is not 144x144" in report.problems[mismatched]
+    assert report.problems[deleted] == f"{server.url}/{deleted}: not found (listed in the manifest)"
+    assert len(report.problems) == 3
+    assert run.exit_code == 1 and "Error: 3 of 5 shards are bad" in run.output
+    assert not list((tmp_path / "scratch").iterdir())  # every fetched copy was removed
+
+
+def _paths(shard_set: Path) -> list[str]:
     manifest = json.loads((shard_set / "manifest.json").read_bytes())
-    task = manifest["tasks"]["sr_x2"]
-    shard = task["shards"][2]
-    with http_server(shard_set) as server, fetched_shard(open_location(server.url), shard) as path:
-        assert path.read_bytes() == (shard_set / shard["path"]).read_bytes()
-        sizes = (task["input_size"], task["target_size"])
-        check = ShardCheck(
-            path, shard["path"], shard["samples"], shard["bytes"], shard["sha256"], *sizes
-        )
-        assert check_shard(check) is None
-        assert check_shard(dataclasses.replace(check, target_size=144)).startswith("unreadable")
-    assert not path.parent.exists()
+    return [shard["path"] for task in manifest["tasks"].values() for shard in task["shards"]]
 
 
 def test_webdataset_streams_checked_samples_from_a_url(shard_set):

@@ -129,6 +129,10 @@ def test_subset_manifest_describes_only_what_was_copied(shard_set, server, tmp_p
     assert sorted(tree_hashes(dest)) == ["manifest.json", *shard_paths(shard_set)[1:3]]
     report = verify_shard_set(dest, workers=1)
     assert report.ok and (report.shards, report.samples) == (2, 8)
+    info = CliRunner().invoke(main, ["info", str(dest)])
+    assert info.exit_code == 0, info.output
+    assert f"subset of {server.url} (tasks ['sr_x2'], shards 1:3; " in info.output
+    assert f"source manifest sha256 {manifest_sha[:16]})" in info.output
 
     other = CliRunner().invoke(main, ["pull", server.url, str(dest), "--no-progress"])
     assert other.exit_code == 1 and "already holds another shard set" in other.output
