@@ -201,7 +201,8 @@ def make_loader(stream: PretrainStream) -> DataLoader:
     """Batches of ``stream`` in unit order, prepared by ``stream.config.workers`` processes."""
     workers = stream.config.workers
     extra = {"prefetch_factor": stream.config.prefetch} if workers else {}
-    return DataLoader(stream, batch_size=None, num_workers=workers, **extra)
+    pin = torch.cuda.is_available()  # page-locked batches: asynchronous copies to the GPU
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin, **extra)
 
 
 def loader_throughput(shards: str | Path, task: Task, batches: int, micro_batch: int = 32) -> dict:

@@ -42,7 +42,17 @@ from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 BUCKET_ELEMENTS = 1 << 24  # gradients reduced per all-reduce call (64 MB of float32)
-LOG_FIELDS = ("step", "task", "loss", "l1", "supcon", "lr", "samples_per_s", "seconds")
+LOG_FIELDS = (
+    "step",
+    "task",
+    "loss",
+    "l1",
+    "supcon",
+    "lr",
+    "samples_per_s",
+    "data_wait",
+    "seconds",
+)  # data_wait: the fraction of the step spent waiting for the loader
 
 
 @dataclass(frozen=True)
@@ -179,9 +189,11 @@ def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
     for group in optimizer.param_groups:
         group["lr"] = config.schedule.at(step, config.steps)
     optimizer.zero_grad(set_to_none=True)
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums, waited = torch.zeros(3, dtype=torch.float64), 0.0
     for _ in range(accum):
+        clock = time.perf_counter()
         unit = next(units)
+        waited += time.perf_counter() - clock
         if (unit["step"], unit["task"]) != (step, task.name):
             raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
         x = unit["input"].to(env.device, non_blocking=True).float()  # [b, 3, 48, 48]
@@ -196,6 +208,7 @@ def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
     optimizer.step()
     sums = _average_across_ranks(sums / accum, env)
     return {
+        "data_wait_s": waited,
         "step": step,
         "task": task.name,
         "loss": sums[0].item(),
@@ -268,8 +281,11 @@ class RunLog:
         if not self.enabled:
             return
         now = time.perf_counter()
-        rate, self.clock = samples / max(now - self.clock, 1e-9), now
-        row = {**losses, "samples_per_s": round(rate, 2), "seconds": round(now - self.first, 3)}
+        seconds, self.clock = max(now - self.clock, 1e-9), now
+        row = {k: v for k, v in losses.items() if k != "data_wait_s"}
+        row["samples_per_s"] = round(samples / seconds, 2)
+        row["data_wait"] = round(min(losses["data_wait_s"] / seconds, 1.0), 4)
+        row["seconds"] = round(now - self.first, 3)
         self.rows.writerow(row)
         self.csv_file.flush()
         task, step = losses["task"], losses["step"]

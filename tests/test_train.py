@@ -82,6 +82,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
             assert torch.equal(value, again.optimizer["state"][slot][name]), (slot, name)
     assert [row["step"] for row in read_log(killed)] == [str(s) for s in range(6)]
     assert read_log(killed)[5]["loss"] == read_log(reference)[5]["loss"]
+    assert all(0 <= float(row["data_wait"]) <= 1 for row in read_log(killed))
 
 
 def test_resume_refuses_other_settings(train_shards, tmp_path):
