@@ -351,6 +351,8 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
     tasks = parse_tasks(setup.tasks)
     mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
     shard_set = ShardSet.open(setup.shards)
+    for task in mix.tasks:
+        shard_set.check(task)  # before anything is written
     identity = run_identity(
         preset=setup.preset,
         tasks=[task.name for task in mix.tasks],

@@ -123,3 +123,17 @@ def test_segments_end_at_checkpoints():
     assert _segments(7, 7, 3) == []
     with pytest.raises(UserError):
         TrainConfig(out="x", steps=0)
+
+
+def test_user_errors_are_one_line_and_write_nothing(train_shards, tmp_path):
+    cases = [
+        (["--tasks", "derain"], "no derain samples"),
+        (["--batch", "6", "--micro-batch", "4"], "not a multiple"),
+        (["--config", "ipt-huge"], "unknown model preset"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "run"
+        command = [BIN / "ipt-train", "pretrain", "--shards", train_shards, "--out", out, *extra]
+        result = subprocess.run(command, capture_output=True, text=True, env=ENV)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not out.exists()
