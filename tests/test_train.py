@@ -128,8 +128,8 @@ def test_segments_end_at_checkpoints():
 def test_user_errors_are_one_line_and_write_nothing(train_shards, tmp_path):
     cases = [
         (["--tasks", "derain"], "no derain samples"),
-        (["--batch", "6", "--micro-batch", "4"], "not a multiple"),
-        (["--config", "ipt-huge"], "unknown model preset"),
+        (["--tasks", "sr_x2", "--batch", "6", "--micro-batch", "4"], "not a multiple"),
+        (["--tasks", "sr_x2", "--config", "ipt-huge"], "unknown model preset"),
     ]
     for extra, message in cases:
         out = tmp_path / "run"
