@@ -111,3 +111,15 @@ def test_task_missing_from_the_set_is_one_clear_error(train_shards):
         PretrainStream(train_shards, mix, 0, range(2), 1, 0, 1, LoaderConfig())
     with pytest.raises(UserError, match="no manifest"):
         ShardSet.open(train_shards / "sr_x2")
+
+
+def test_shard_set_at_a_url_streams_the_same_batches(train_shards):
+    from loopback_servers import http_server
+
+    local = list(stream(train_shards, range(0, 3)))
+    with http_server(train_shards) as server:
+        remote = list(stream(server.url, range(0, 3)))
+        assert any(path.endswith(".tar") for path in server.hits)
+    for a, b in zip(local, remote, strict=True):
+        assert (a["step"], a["task"]) == (b["step"], b["task"])
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
