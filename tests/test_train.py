@@ -113,7 +113,7 @@ def test_two_process_ddp_same_task_same_parameters_uneven_shards(train_shards, t
         assert torch.equal(value, states[1][key]), key
     saved = load_train_state(out / STATE)
     assert saved.step == 4
-    assert [p.name for p in (out / "tb").iterdir()][0].startswith("events.out.tfevents")
+    assert next(p.name for p in (out / "tb").iterdir()).startswith("events.out.tfevents")
     for key, value in saved.model.state_dict().items():
         assert torch.equal(value, states[0][key].cpu()), key
 
