@@ -10,13 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from test_train_support import tiny_checkpoint
 
 from ipt_data.imresize import downscale, mod_crop
 from ipt_data.metrics import psnr_rgb, psnr_y, ssim_y
-from ipt_train.checkpoint import load_model, save_checkpoint
+from ipt_train.checkpoint import load_model
 from ipt_train.evaluate import EvalConfig, evaluate
-from ipt_train.model import IPT, ipt_tiny
 from ipt_train.restore import restore_image
 from ipt_train.tiling import TileConfig
 
@@ -34,10 +33,7 @@ def ipt_eval(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, IPT(ipt_tiny()))
-    return path
+    return tiny_checkpoint(tmp_path_factory, "tiny_ckpt")
 
 
 def test_checkpoint_scores_equal_the_metrics_computed_directly(tiny_ckpt, sample_photos, tmp_path):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_train_support import build_train_shards
+from test_train_support import build_train_shards, tiny_checkpoint
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import get_task
@@ -18,7 +18,6 @@ from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoin
 from ipt_train.data import LoaderConfig
 from ipt_train.evaluate import EvalConfig, evaluate
 from ipt_train.finetune import FinetuneConfig, finetune, initial_model
-from ipt_train.model import IPT, ipt_tiny
 from ipt_train.train import TrainConfig
 
 BIN = Path(sys.executable).parent
@@ -32,10 +31,7 @@ def train_shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pretrained") / "tiny.pt"
-    save_checkpoint(path, IPT(ipt_tiny()))
-    return path
+    return tiny_checkpoint(tmp_path_factory, "pretrained")
 
 
 def short_run(out: Path) -> TrainConfig:

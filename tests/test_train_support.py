@@ -27,3 +27,16 @@ def build_train_shards(tmp_path_factory) -> Path:
     build += ["--tasks", TRAIN_TASKS, "--images-per-shard", str(IMAGES_PER_SHARD)]
     subprocess.run([*build, "--workers", "2", "--no-progress"], check=True, capture_output=True)
     return root / "shards"
+
+
+def tiny_checkpoint(tmp_path_factory, name: str) -> Path:
+    """A freshly initialised (seed 0) 6-task ipt-tiny saved in our checkpoint format."""
+    import torch
+
+    from ipt_train.checkpoint import save_checkpoint
+    from ipt_train.model import IPT, ipt_tiny
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(name) / "tiny.pt"
+    save_checkpoint(path, IPT(ipt_tiny()))
+    return path
