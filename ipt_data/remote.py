@@ -206,11 +206,11 @@ def open_write_partial(location: SetLocation, relative: str) -> tuple[IO[bytes],
     final = location.path(relative)
     folder, _, name = final.rpartition("/")
     partial = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
-    if location.is_local:
-        location.fs.makedirs(folder, exist_ok=True)
     try:
+        if location.is_local:
+            location.fs.makedirs(folder, exist_ok=True)
         return location.fs.open(partial, "wb"), partial
-    except (FileNotFoundError, PermissionError) as error:
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as error:
         raise UserError(f"{location.describe(relative)}: cannot write ({error})") from None
 
 
@@ -252,17 +252,53 @@ def file_size(location: SetLocation, relative: str) -> int | None:
         return None
 
 
+def list_names(location: SetLocation, folder: str) -> list[str]:
+    """The names (last path component) of what the set-relative ``folder`` holds now; none
+    where it does not exist."""
+    base = location.path(folder)
+    with _uncached(location, base):
+        try:
+            names = location.fs.ls(base, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    return [name.rstrip("/").rsplit("/", 1)[-1] for name in names]
+
+
+@contextlib.contextmanager
+def _uncached(location: SetLocation, path: str) -> Iterator[None]:
+    """Drop fsspec's listing cache of ``path`` before and after: other processes write there,
+    and s3fs answers later reads of files missing from a cached listing with "not found"."""
+    location.fs.invalidate_cache(path)
+    try:
+        yield
+    finally:
+        location.fs.invalidate_cache(path)
+
+
 def remove_partials(location: SetLocation, folder: str) -> int:
     """Delete temporary files left in ``folder`` (set-relative) by interrupted writes."""
-    base = location.path(folder)
-    try:
-        names = location.fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return 0
-    stale = [name for name in names if name.rsplit("/", 1)[-1].endswith(PARTIAL_SUFFIX)]
+    stale = [name for name in list_names(location, folder) if name.endswith(PARTIAL_SUFFIX)]
     for name in stale:
-        discard(location, name)
+        discard(location, f"{location.path(folder)}/{name}")
     return len(stale)
+
+
+def has_files(location: SetLocation) -> bool:
+    """True when anything exists at the root (a file, or a folder/prefix holding anything)."""
+    with _uncached(location, location.root):
+        try:
+            return bool(location.fs.ls(location.root, detail=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return location.fs.isfile(location.root)
+
+
+def check_writable(location: SetLocation) -> None:
+    """Refuse a location that cannot be written to (http(s): read-only in fsspec)."""
+    if location.url.startswith(("http://", "https://")):
+        raise UserError(
+            f"{location.url}: cannot write to an http(s) URL; use a folder or s3://… (any "
+            "writable fsspec URL)"
+        )
 
 
 def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:

@@ -38,8 +38,10 @@ from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.remote import (
     CheckedStream,
     SetLocation,
+    check_writable,
     discard,
     file_size,
+    has_files,
     open_location,
     open_read,
     open_write_partial,
@@ -123,8 +125,7 @@ def copy_set(
     source: SetLocation, dest: SetLocation, selection: Selection, progress: bool = False
 ) -> TransferResult:
     """Copy the selected shards of ``source`` to ``dest``, then write its manifest (last)."""
-    if dest.url.startswith(("http://", "https://")):
-        raise UserError(f"{dest.url}: cannot write to an http(s) URL; push to a folder or s3://…")
+    check_writable(dest)
     with storage_errors(f"{source.url} -> {dest.url}"):
         return _copy_selected(source, dest, selection, progress)
 
@@ -267,16 +268,9 @@ def _claim_destination(dest: SetLocation, source_url: str, out_bytes: bytes) -> 
                 f"{dest.url} holds an unfinished copy of another set or selection "
                 f"({json.loads(earlier)['source']}); resume that one or choose another place"
             )
-    elif _has_files(dest):
+    elif has_files(dest):
         raise UserError(f"{dest.url} is not empty and not a shard set; choose another place")
     write_bytes(dest, MARKER, marker)
-
-
-def _has_files(location: SetLocation) -> bool:
-    try:
-        return bool(location.fs.ls(location.root, detail=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return location.fs.isfile(location.root)
 
 
 def _paths(shards: list[dict]) -> list[str]:
