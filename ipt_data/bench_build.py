@@ -37,6 +37,7 @@ from ipt_data.bench import one_core
 from ipt_data.build import BuildConfig, build_shards
 from ipt_data.decode import decode_image
 from ipt_data.distributor import RayConfig, ray_session
+from ipt_data.remote import open_location
 from ipt_data.sample import imagenet_like_jpegs
 from ipt_data.shardwriter import ShardWriter, encode_png
 from ipt_data.sources import SourceList, walk_sources
@@ -115,7 +116,7 @@ def _decoded_samples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, byte
 
 
 def _rewrite(samples, path: Path) -> None:
-    with ShardWriter(path) as writer:
+    with ShardWriter(open_location(path.parent), path.name) as writer:
         for key, low, high, metadata in samples:
             writer.write(
                 key,
@@ -142,7 +143,8 @@ def _best_runs(sources: SourceList, scratch: Path, patches: int, per_shard: int)
                 out = scratch / f"{name}_{attempt}"
                 runs[name].append(_timed_build(sources, out, workers, patches, per_shard))
             built = runs["one"][-1][1]
-            runs["floor"].append(floor_seconds(sources, built.manifest_path.parent, built.manifest))
+            built_at = Path(built.manifest_path).parent
+            runs["floor"].append(floor_seconds(sources, built_at, built.manifest))
     return {name: min(results, key=lambda run: run[0]) for name, results in runs.items()}
 
 

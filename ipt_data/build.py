@@ -4,21 +4,39 @@ The stages are chained one way: the source list is cut into chunks (``sources``)
 one Ray task (``distributor``) that decodes, corrupts, packs and writes that chunk's shard of
 every task (``worker``), and the manifest is assembled from the chunks' stats (``manifest``).
 Chunks whose stats file exists are skipped, so rerunning an interrupted build finishes it.
+
+The output is a folder or any writable fsspec URL (``s3://bucket/prefix``), reached through one
+code path (:mod:`ipt_data.remote`): a Ray cluster whose nodes share no filesystem writes its
+shards, done-markers and manifest (last) to the object store, and a rerun resumes from there.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipt_data.distributor import RayConfig, ray_session, run_chunks
 from ipt_data.errors import UserError
-from ipt_data.manifest import build_identity, claim_output, make_manifest, write_manifest
-from ipt_data.shardwriter import remove_stale_temporaries
+from ipt_data.manifest import MANIFEST_NAME, build_identity, differences, dumps, make_manifest
+from ipt_data.remote import (
+    SetLocation,
+    check_writable,
+    file_size,
+    has_files,
+    list_names,
+    open_location,
+    read_bytes,
+    remove_partials,
+    storage_errors,
+    write_bytes,
+)
 from ipt_data.sources import SourceList
 from ipt_data.tasks import TASKS, Task
-from ipt_data.worker import ChunkJob, ChunkStats, stats_path
+from ipt_data.worker import STATE_FOLDER, ChunkJob, ChunkStats, stats_name
+
+PARAMS_NAME = f"{STATE_FOLDER}/params.json"
 
 # Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (README):
 # 82 kB (derain) .. 102 kB (denoise) .. 172 / 321 / 529 kB (sr_x2 / x3 / x4). 1000 images per
@@ -48,7 +66,7 @@ class BuildConfig:
 @dataclass(frozen=True)
 class BuildResult:
     manifest: dict
-    manifest_path: Path
+    manifest_path: str  # a local path or a URL
     chunks_run: int  # chunks written by this call (the rest were done before)
     chunks_total: int
     peak_worker_rss_bytes: int  # largest peak RSS reported by a worker in this call (0 if none)
@@ -58,29 +76,39 @@ class BuildResult:
 
 
 def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> BuildResult:
-    """Build (or finish building) the shard set of ``sources`` in ``out``; returns the manifest.
+    """Build (or finish building) the shard set of ``sources`` in ``out`` (a folder or a
+    writable fsspec URL); returns the manifest.
 
     Refuses an ``out`` that holds anything other than an earlier run of this same build.
     """
-    out = Path(out)
+    location = open_location(out)
+    check_writable(location)
+    with storage_errors(str(out)):
+        return _build(sources, location, config)
+
+
+def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> BuildResult:
     identity = build_identity(
         list(config.tasks), config.patches_per_image, config.seed, config.images_per_shard, sources
     )
     start = time.perf_counter()
-    claim_output(out, identity, check_only=True)
-    jobs = _chunk_jobs(sources, out, config)
-    pending = [job for job in jobs if not stats_path(out, job.index).is_file()]
+    claim_output(location, identity, check_only=True)
+    jobs = _chunk_jobs(sources, location, config)
+    done = set(list_names(location, STATE_FOLDER))
+    pending = [job for job in jobs if stats_name(job.index).rpartition("/")[2] not in done]
     fresh = []
     if pending:
         with ray_session(config.ray):  # connected before anything is written
-            claim_output(out, identity)
+            claim_output(location, identity)
             fresh = run_chunks(pending, config.ray)
     # Every chunk is done: what killed or retried workers left half-written can go.
-    remove_stale_temporaries(out)
-    manifest = make_manifest(identity, [_read_stats(job) for job in jobs])
+    for task in config.tasks:
+        remove_partials(location, task.name)
+    manifest = make_manifest(identity, [_read_stats(location, job) for job in jobs])
+    write_bytes(location, MANIFEST_NAME, dumps(manifest))
     return BuildResult(
         manifest=manifest,
-        manifest_path=write_manifest(out, manifest),
+        manifest_path=location.describe(MANIFEST_NAME),
         chunks_run=len(fresh),
         chunks_total=len(jobs),
         peak_worker_rss_bytes=max((stats.peak_rss_bytes for stats in fresh), default=0),
@@ -90,14 +118,42 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
     )
 
 
-def _chunk_jobs(sources: SourceList, out: Path, config: BuildConfig) -> list[ChunkJob]:
+def claim_output(location: SetLocation, identity: dict, *, check_only: bool = False) -> bool:
+    """Make ``location`` this build's output; True when it resumes an earlier run of the same
+    build.
+
+    Refuses (:class:`UserError`) a place that holds anything else, including a shard set built
+    with other parameters or from other sources, rather than mixing two sets. With
+    ``check_only`` nothing is written.
+    """
+    identity = json.loads(dumps(identity))  # as it reads back: tuples become lists
+    if file_size(location, PARAMS_NAME) is not None:
+        earlier = _load_json(location, PARAMS_NAME)
+        if earlier != identity:
+            raise UserError(
+                f"{location.url} already holds a shard set built differently "
+                f"({differences(earlier, identity)}); rerun with the same parameters to resume "
+                "it, or choose another --out"
+            )
+        return True
+    if has_files(location):
+        raise UserError(
+            f"{location.url} exists and is not an empty folder or an ipt-data build; "
+            "choose another --out"
+        )
+    if not check_only:
+        write_bytes(location, PARAMS_NAME, dumps(identity))
+    return False
+
+
+def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig) -> list[ChunkJob]:
     return [
         ChunkJob(
             index=index,
             first_number=index * config.images_per_shard,
             image_ids=chunk,
             root=str(sources.root.resolve()),
-            out=str(out.resolve()),
+            out=location.root if location.is_local else location.url,
             task_names=tuple(task.name for task in config.tasks),
             patches_per_image=config.patches_per_image,
             seed=config.seed,
@@ -106,8 +162,15 @@ def _chunk_jobs(sources: SourceList, out: Path, config: BuildConfig) -> list[Chu
     ]
 
 
-def _read_stats(job: ChunkJob) -> ChunkStats:
-    return ChunkStats.from_json(stats_path(job.out, job.index).read_bytes())
+def _read_stats(location: SetLocation, job: ChunkJob) -> ChunkStats:
+    return ChunkStats.from_json(read_bytes(location, stats_name(job.index)))
+
+
+def _load_json(location: SetLocation, relative: str) -> object:
+    try:
+        return json.loads(read_bytes(location, relative))
+    except ValueError as error:
+        raise UserError(f"{location.describe(relative)}: cannot read JSON ({error})") from None
 
 
 def summary_lines(result: BuildResult) -> list[str]:

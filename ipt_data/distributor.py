@@ -2,7 +2,8 @@
 live progress bar.
 
 Without an address it starts a local Ray instance on this machine's cores (or ``workers`` of
-them); with one it joins that cluster, whose nodes must all see the output folder. If Ray is
+them); with one it joins that cluster, whose nodes must all reach the output (a shared folder,
+or an object store URL such as ``s3://…`` with credentials on every node). If Ray is
 already initialised in this process (a notebook, the tests) that instance is used and left
 running. A task that still fails after its retries is reported loudly at the end, after the
 other chunks have finished; their work is kept, so rerunning the build retries only the failures.

@@ -5,22 +5,24 @@ fingerprint) plus its result (per task: shards with sample count, byte size and 
 too small for the task; images skipped by reason). It holds no times or host names, so the same
 build gives the same manifest bytes.
 
-The identity is also written to ``_build/params.json`` when a build starts: a rerun into the
-same folder resumes only when its identity is the same, and refuses otherwise.
+The identity is also written to ``_build/params.json`` when a build starts
+(:func:`ipt_data.build.claim_output`): a rerun into the same place resumes only when its
+identity is the same, and refuses otherwise.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ipt_data import __version__
 from ipt_data.errors import UserError
-from ipt_data.fileio import write_bytes_atomic
 from ipt_data.safety import check_manifest_entries
-from ipt_data.sources import SourceList
 from ipt_data.tasks import INPUT_SIZE, Task
-from ipt_data.worker import STATE_FOLDER, ChunkStats
+
+if TYPE_CHECKING:  # the worker writes through ipt_data.remote, which reads manifests
+    from ipt_data.sources import SourceList
+    from ipt_data.worker import ChunkStats
 
 FORMAT = "ipt-data shard set"
 FORMAT_VERSION = 1
@@ -54,34 +56,6 @@ def build_identity(
     }
 
 
-def claim_output(out: str | Path, identity: dict, *, check_only: bool = False) -> bool:
-    """Make ``out`` this build's folder; True when it resumes an earlier run of the same build.
-
-    Refuses (:class:`UserError`) a folder that holds anything else, including a shard set built
-    with other parameters or from other sources, rather than mixing two sets. With
-    ``check_only`` nothing is written.
-    """
-    out = Path(out)
-    params_path = out / STATE_FOLDER / "params.json"
-    identity = json.loads(_dumps(identity))  # as it reads back: tuples become lists
-    if params_path.is_file():
-        earlier = _load_json(params_path)
-        if earlier != identity:
-            changed = _differences(earlier, identity)
-            raise UserError(
-                f"{out} already holds a shard set built differently ({changed}); "
-                "rerun with the same parameters to resume it, or choose another --out"
-            )
-        return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"{out} exists and is not an empty folder or an ipt-data build; choose another --out"
-        )
-    if not check_only:
-        write_bytes_atomic(params_path, _dumps(identity))
-    return False
-
-
 def make_manifest(identity: dict, chunks: list[ChunkStats]) -> dict:
     """The manifest of a finished build: its identity plus the per-task shards and counts."""
     chunks = sorted(chunks, key=lambda stats: stats.chunk)
@@ -108,12 +82,6 @@ def make_manifest(identity: dict, chunks: list[ChunkStats]) -> dict:
         "skipped": dict(sorted(skipped.items())),
     }
     return {**identity, "images": images, "tasks": tasks}
-
-
-def write_manifest(out: str | Path, manifest: dict) -> Path:
-    path = Path(out) / MANIFEST_NAME
-    write_bytes_atomic(path, _dumps(manifest))
-    return path
 
 
 def validate_manifest(manifest: object, where: str) -> None:
@@ -145,13 +113,13 @@ def validate_manifest(manifest: object, where: str) -> None:
     check_manifest_entries(manifest, where)
 
 
-def _differences(earlier: dict, now: dict, prefix: str = "") -> str:
-    """Which fields differ, e.g. ``params.seed: 0 -> 1``."""
+def differences(earlier: dict, now: dict, prefix: str = "") -> str:
+    """Which fields of two identities differ, e.g. ``params.seed: 0 -> 1``."""
     changes = []
     for key in sorted(set(earlier) | set(now)):
         before, after = earlier.get(key), now.get(key)
         if isinstance(before, dict) and isinstance(after, dict):
-            nested = _differences(before, after, f"{prefix}{key}.")
+            nested = differences(before, after, f"{prefix}{key}.")
             changes.extend([nested] if nested else [])
         elif before != after:
             changes.append(f"{prefix}{key}: {_short(before)} -> {_short(after)}")
@@ -163,12 +131,6 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _load_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read JSON ({error})") from None
-
-
-def _dumps(value: dict) -> bytes:
+def dumps(value: dict) -> bytes:
+    """The manifest's (and build state's) JSON bytes."""
     return (json.dumps(value, indent=1, sort_keys=False) + "\n").encode()

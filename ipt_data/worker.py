@@ -4,7 +4,8 @@ Stages per image, streamed (one decoded image in memory at a time, whatever the 
 read -> decode -> for each task: cut aligned pairs from the corrupted image -> PNG-encode ->
 append to the task's open shard. Shards are renamed into place when complete; the chunk's stats
 file is written after all of them, so its presence marks the chunk done (a resumed build skips
-it). Nothing here depends on which process runs the chunk or when.
+it). Nothing here depends on which process runs the chunk or when. Shards and stats go through
+:mod:`ipt_data.remote`, so the output may be a folder or an fsspec URL (``s3://…``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UnreadableImage
-from ipt_data.fileio import write_bytes_atomic
 from ipt_data.patches import ImageTooSmall, cut_pairs
+from ipt_data.remote import open_location, write_bytes
 from ipt_data.seeding import image_rng
 from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
 from ipt_data.tasks import Task, get_task
@@ -41,7 +42,7 @@ class ChunkJob:
     first_number: int
     image_ids: tuple[str, ...]
     root: str
-    out: str
+    out: str  # the output's folder or URL
     task_names: tuple[str, ...]
     patches_per_image: int
     seed: int
@@ -77,8 +78,9 @@ def shard_name(task_name: str, index: int) -> str:
     return f"{task_name}/{task_name}-{index:06d}.tar"
 
 
-def stats_path(out: str | Path, index: int) -> Path:
-    return Path(out) / STATE_FOLDER / f"chunk-{index:06d}.json"
+def stats_name(index: int) -> str:
+    """The chunk's stats file (its done-marker), relative to the set's root."""
+    return f"{STATE_FOLDER}/chunk-{index:06d}.json"
 
 
 def sample_key(number: int, image_id: str, patch: int) -> str:
@@ -103,11 +105,10 @@ def process_chunk(
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
     tasks = [get_task(name) for name in job.task_names]
     stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})
+    out = open_location(job.out)
     with ExitStack() as stack:
         writers = {
-            task.name: stack.enter_context(
-                ShardWriter(Path(job.out, shard_name(task.name, job.index)))
-            )
+            task.name: stack.enter_context(ShardWriter(out, shard_name(task.name, job.index)))
             for task in tasks
         }
         for offset, image_id in enumerate(job.image_ids):
@@ -123,21 +124,19 @@ def process_chunk(
                 for task in tasks
             )
             report(1, pairs, 0)
-        stats.shards = {
-            name: _close_shard(writer, name, job.index) for name, writer in writers.items()
-        }
+        stats.shards = {name: _close_shard(writer) for name, writer in writers.items()}
     stats.seconds = time.perf_counter() - start
     stats.cpu_seconds = time.process_time() - cpu_start
     stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    write_bytes_atomic(stats_path(job.out, job.index), stats.to_json())
+    write_bytes(out, stats_name(job.index), stats.to_json())
     return job.index, stats
 
 
-def _close_shard(writer: ShardWriter, task_name: str, index: int) -> dict:
+def _close_shard(writer: ShardWriter) -> dict:
     """Rename the finished shard into place; its manifest entry."""
     info = writer.close()
     return {
-        "path": shard_name(task_name, index),
+        "path": info.path,
         "samples": info.samples,
         "bytes": info.bytes,
         "sha256": info.sha256,

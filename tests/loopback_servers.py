@@ -3,8 +3,8 @@
 * :func:`http_server`: Python's http.server in a thread, serving a folder; it counts GETs per
   path and can drop the connection half-way through chosen files (``server.drops``) or stall
   there until released (``server.stalls``).
-* :func:`s3_server`: moto's S3-compatible server in a thread, with dummy credentials and its
-  endpoint in ``AWS_*`` variables for the duration.
+* :func:`s3_server`: moto's S3-compatible server in a thread, emptied, with dummy credentials and
+  its endpoint in ``AWS_*`` variables for the duration.
 * :func:`tiny_set`: a shard set built once per test session by ``ipt-data build`` (real Ray) from
   the sample photographs: tasks sr_x2 and denoise_30, 2 patches per image, 3 shards per task.
 """
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,9 @@ def s3_server(bucket: str) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in memory per process, shared by every server started in it
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
     settings = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -20,7 +20,7 @@ from ipt_data.errors import UserError
 from ipt_data.imresize import downscale
 from ipt_data.sources import open_sources, walk_sources
 from ipt_data.tasks import TASKS
-from ipt_data.worker import stats_path
+from ipt_data.worker import stats_name
 
 PATCHES = 3
 IMAGES_PER_SHARD = 4
@@ -195,14 +195,15 @@ def test_resume_runs_only_missing_chunks(built, tree, tmp_path):
     build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
     for path in (out / "derain").glob("*-000002.tar"):
         path.unlink()
-    stats_path(out, 2).unlink()
-    (out / "derain" / ".derain-000003.tar.123.tmp").write_bytes(b"left by a killed worker")
+    (out / stats_name(2)).unlink()
+    leftover = out / "derain" / ".derain-000003.tar.0123456789ab.part"
+    leftover.write_bytes(b"left by a killed worker")
     result = build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
     assert (result.chunks_run, result.chunks_total) == (1, 4)
     assert shard_hashes(out) == {
         path: digest for path, digest in shard_hashes(built).items() if path.startswith("derain/")
     }
-    assert not list(out.glob("*/.*.tmp"))
+    assert not list(out.glob("*/.*.part"))
 
 
 def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path):
