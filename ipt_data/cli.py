@@ -80,7 +80,11 @@ def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: b
     type=click.Path(dir_okay=False),
     help="Text file naming the images, one per line, relative to --src (else to its folder).",
 )
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard set folder.")
+@click.option(
+    "--out",
+    required=True,
+    help="Shard set folder, or any writable fsspec URL (s3://bucket/prefix).",
+)
 @click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
 @click.option("--patches-per-image", default=8, show_default=True, help="Pairs per image per task.")
 @click.option("--seed", default=0, show_default=True, help="Seed of crops and corruptions.")
