@@ -17,6 +17,7 @@ from test_train_support import build_train_shards
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import parse_tasks
+from ipt_train.model import IPT, ipt_tiny
 from ipt_train.schedule import TaskMix
 from ipt_train.train import TrainConfig, _segments
 from ipt_train.trainstate import load_train_state
@@ -83,6 +84,9 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
     assert [row["step"] for row in read_log(killed)] == [str(s) for s in range(6)]
     assert read_log(killed)[5]["loss"] == read_log(reference)[5]["loss"]
     assert all(0 <= float(row["data_wait"]) <= 1 for row in read_log(killed))
+    official = torch.load(killed / "model.pt", weights_only=True)  # a plain state_dict
+    IPT(ipt_tiny()).load_state_dict(official, strict=True)
+    assert all(torch.equal(v, official[k]) for k, v in again.model.state_dict().items())
 
 
 def test_resume_refuses_other_settings(train_shards, tmp_path):
