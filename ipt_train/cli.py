@@ -150,7 +150,7 @@ def pretrain(shards, preset, tasks, task_weights, **options):
     setup = PretrainConfig(shards, preset, tasks, task_weights, loader)
     result = pretrain(train, setup)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")
+        click.echo(f"{result.summary(train.batch)}; run in {train.out}")
 
 
 @main.command("eval")
@@ -196,7 +196,7 @@ def finetune(init, task_name, shards, clean, pairs, **options):
     setup = FinetuneConfig(init, task_name, shards, clean, pairs, loader)
     result = finetune(train, setup)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"step {result.step}: loss {result.last_loss:.4f}; run in {train.out}")
+        click.echo(f"{result.summary(train.batch)}; run in {train.out}")
 
 
 @main.command()

@@ -102,6 +102,26 @@ class TrainResult:
     step: int  # steps done in total
     trained: list[tuple[int, str]]  # (step, task) run by this process in this call
     last_loss: float
+    train_seconds: float = 0.0  # wall time of this call's steps, checkpoints excluded
+    data_wait_seconds: float = 0.0  # of which waiting for the loader
+
+    def summary(self, batch: int) -> str:
+        """Steps, loss, samples/s, data-wait fraction and peak memory of this call."""
+        done = len(self.trained)
+        rate = done * batch / self.train_seconds if self.train_seconds else 0.0
+        wait = self.data_wait_seconds / self.train_seconds if self.train_seconds else 0.0
+        return (
+            f"step {self.step}: loss {self.last_loss:.4f}; {done} steps at {rate:.1f} samples/s, "
+            f"{100 * wait:.1f}% of step time waiting for data, peak memory {_peak_memory()}"
+        )
+
+
+def _peak_memory() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU)"
+    import resource
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
 @contextmanager
@@ -145,7 +165,10 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
         for segment in _segments(start, config.steps, config.checkpoint_every):
             units = iter(job.batches(segment, accum))
             for step in segment:
+                clock = time.perf_counter()
                 losses = _train_step(job, optimizer, units, step, accum, config, env)
+                result.train_seconds += time.perf_counter() - clock
+                result.data_wait_seconds += losses["data_wait_s"]
                 result.trained.append((step, losses["task"]))
                 result.step, result.last_loss = step + 1, losses["loss"]
                 log.step(losses, config.batch)
