@@ -200,7 +200,13 @@ class PretrainStream(IterableDataset):
 def make_loader(stream: PretrainStream) -> DataLoader:
     """Batches of ``stream`` in unit order, prepared by ``stream.config.workers`` processes."""
     workers = stream.config.workers
-    extra = {"prefetch_factor": stream.config.prefetch} if workers else {}
+    # Workers start from a clean forkserver, not a fork of this process: a fork inherits the
+    # locked state of OpenCV's thread pool and of fsspec's/Ray's threads and can hang forever.
+    extra = (
+        {"prefetch_factor": stream.config.prefetch, "multiprocessing_context": "forkserver"}
+        if workers
+        else {}
+    )
     pin = torch.cuda.is_available()  # page-locked batches: asynchronous copies to the GPU
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin, **extra)
 
