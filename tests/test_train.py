@@ -26,19 +26,21 @@ BIN = Path(sys.executable).parent
 STATE = "checkpoint.pt"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 DDP_SCRIPT = """
-import json, sys, torch
+import json, os, sys, torch
 from ipt_train.data import LoaderConfig
 from ipt_train.train import PretrainConfig, TrainConfig, pretrain
 
-out, shards = sys.argv[1], sys.argv[2]
-config = TrainConfig(out=out, steps=4, batch=4, checkpoint_every=2, seed=3, progress=False)
-loader = LoaderConfig(micro_batch=2, workers=1, shuffle_buffer=8)
-setup = PretrainConfig(shards, "ipt-tiny", "sr_x2,sr_x4,denoise_30", None, loader)
-result = pretrain(config, setup)
-rank = __import__("os").environ["RANK"]
-with open(f"{out}/rank{rank}.json", "w") as handle:
-    json.dump(result.trained, handle)
-torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
+# The guard matters: loader workers start from a forkserver, which imports this module again.
+if __name__ == "__main__":
+    out, shards = sys.argv[1], sys.argv[2]
+    config = TrainConfig(out=out, steps=4, batch=4, checkpoint_every=2, seed=3, progress=False)
+    loader = LoaderConfig(micro_batch=2, workers=1, shuffle_buffer=8)
+    setup = PretrainConfig(shards, "ipt-tiny", "sr_x2,sr_x4,denoise_30", None, loader)
+    result = pretrain(config, setup)
+    rank = os.environ["RANK"]
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump(result.trained, handle)
+    torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
 """
 
 
