@@ -29,11 +29,10 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ipt_data.errors import UserError
 from ipt_data.remote import SetLocation, open_location, open_read, read_set_manifest
-from ipt_data.safety import refuse_foreign_members
+from ipt_data.safety import read_samples
 from ipt_data.tasks import Task
 from ipt_train.schedule import TaskMix
 
@@ -95,11 +94,12 @@ def shard_sequence(
 
 
 def raw_samples(shard_set: ShardSet, names: Iterator[str]) -> Iterator[dict]:
-    """Undecoded samples of the named shards, streamed; members other than our three refused."""
+    """Undecoded samples of the named shards, streamed in webdataset's sample form. Each tar
+    member's header is checked before the member is read (no links, no oversized or foreign
+    members, no compressed tars) and each sample's PNG headers before it is yielded."""
     for name in names:
         with open_read(shard_set.location, name) as stream:
-            source = [{"url": shard_set.location.describe(name), "stream": stream}]
-            yield from refuse_foreign_members(group_by_keys(tar_file_expander(source)))
+            yield from read_samples(stream, shard_set.location.describe(name))
 
 
 def shuffled(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
