@@ -1,4 +1,4 @@
-"""Shared fixtures: the public reference data in ../shared/refdata and scikit-image's photographs."""
+"""Shared fixtures: the reference data in ../shared/refdata and scikit-image's photographs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ REFDATA = Path(__file__).resolve().parents[2] / "shared" / "refdata"
 
 @pytest.fixture(scope="session")
 def refdata() -> Path:
-    """The reference data folder; tests that need it skip with a clear message where it is absent."""
+    """The reference data folder; tests that need it skip, saying so, where it is absent."""
     if not REFDATA.is_dir():
         pytest.skip(f"reference data not found at {REFDATA} (expected ../shared/refdata)")
     return REFDATA
