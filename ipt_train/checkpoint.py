@@ -37,7 +37,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def read_checkpoint(path: str | Path) -> tuple[StateDict, dict | None]:
     """(state_dict, saved config fields or None) of an official or our checkpoint file."""
-    content = _torch_load(path)
+    content = load_weights_only(path)
     if isinstance(content, dict) and "model" in content and isinstance(content["model"], dict):
         state, config = content["model"], content.get("config")
     else:
@@ -49,7 +49,9 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, dict | None]:
     return strip_wrapper_prefixes(state), config
 
 
-def _torch_load(path: str | Path):
+def load_weights_only(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    never pickled objects; a missing, corrupt or foreign file is one :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")

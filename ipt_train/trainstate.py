@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ipt_data.errors import UserError
-from ipt_train.checkpoint import _torch_load, build_model, save_checkpoint
+from ipt_train.checkpoint import build_model, load_weights_only, save_checkpoint
 from ipt_train.model import IPT
 
 STATE_NAME = "checkpoint.pt"
@@ -41,7 +41,7 @@ def save_train_state(
 
 def load_train_state(path: str | Path) -> TrainState:
     """The state saved at ``path``; a file without training state is one clear error."""
-    content = _torch_load(path)
+    content = load_weights_only(path)
     missing = [k for k in ("model", "optimizer", "step", "run") if k not in content]
     if not isinstance(content, dict) or missing:
         raise UserError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
