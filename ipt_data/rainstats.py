@@ -33,8 +33,8 @@ from ipt_data.errors import UserError
 from ipt_data.fileio import read_bytes
 from ipt_data.metrics import psnr_y, ssim_y
 from ipt_data.rain import Rain
+from ipt_data.sources import walk_sources
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _PAIR_NAME = re.compile(r"^(no)?rain-(\d+)\.(png|jpe?g|bmp|tiff?)$", re.IGNORECASE)
 MAX_LAG_PX = 64  # longest autocorrelation lag searched for the half maximum
 
@@ -166,7 +166,7 @@ def _folder(folder: str | Path) -> Path:
 def image_files(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursively), sorted; none is a :class:`UserError`."""
     root = _folder(folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = [root / image_id for image_id in walk_sources(root).ids]
     if not files:
         raise UserError(f"{folder}: no image files found")
     return files

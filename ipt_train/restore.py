@@ -20,11 +20,10 @@ from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
 from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
 from ipt_data.metrics import psnr_y, ssim_y
+from ipt_data.sources import walk_sources
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.tiling import BLENDS, TileConfig, restore_tiled
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -32,10 +31,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     jobs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = walk_sources(item).ids
             if not found:
                 raise UserError(f"{item}: no image files in this folder")
-            jobs += [(p, p.relative_to(item).with_suffix(".png")) for p in found]
+            jobs += [(item / image_id, Path(image_id).with_suffix(".png")) for image_id in found]
         elif item.is_file():
             jobs.append((item, Path(item.stem + ".png")))
         else:
