@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,12 @@ def encode_image(image: np.ndarray, extension: str, params: tuple[int, ...] = ()
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {image.shape} image as {extension}")
     return encoded.tobytes()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (memory does not grow with the file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -34,6 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ipt_data.errors import UserError
+from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.remote import (
     CheckedStream,
@@ -55,7 +56,6 @@ from ipt_data.safety import scan_shard
 
 MARKER = "_transfer/source.json"
 RETRIES = 3
-_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -246,11 +246,7 @@ def _in_place(dest: SetLocation, shard: dict) -> bool:
         return False
     if not dest.is_local:
         return True
-    digest = hashlib.sha256()
-    with open(dest.path(shard["path"]), "rb") as file:
-        while block := file.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest() == shard["sha256"]
+    return file_sha256(dest.path(shard["path"])) == shard["sha256"]
 
 
 def _claim_destination(dest: SetLocation, source_url: str, out_bytes: bytes) -> None:

@@ -16,7 +16,6 @@ which would import torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from ipt_data.errors import UserError
+from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.remote import SetLocation, open_location, read_set_manifest, storage_errors
 from ipt_data.safety import check_png_header, read_samples
@@ -133,7 +133,7 @@ def check_shard(check: ShardCheck) -> str | None:
     size = check.path.stat().st_size
     if size != check.bytes:
         return f"size {size} bytes, manifest says {check.bytes}"
-    if _sha256(check.path) != check.sha256:
+    if file_sha256(check.path) != check.sha256:
         return "sha256 differs from the manifest"
     try:
         samples = _check_samples(check)
@@ -166,14 +166,6 @@ def _check_sample(sample: dict, check: ShardCheck) -> int:
     if not isinstance(json.loads(sample["json"]), dict):
         raise ValueError(f"sample {key}: json is not an object")
     return 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_shard_set(shard_set: str | Path) -> list[str]:
