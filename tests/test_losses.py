@@ -48,12 +48,31 @@ def test_supcon_prefers_images_whose_tokens_agree():
     assert supcon_loss(clustered) < supcon_loss(spread) - 1
 
 
-def test_supcon_gradcheck_small():
+def test_supcon_gradcheck_anchors_and_keys():
+    """Anchors are rows 4..8 of the keys (two images of 5 tokens in a batch of 15 tokens)."""
     torch.manual_seed(2)
-    z = F.normalize(torch.randn(10, 5, dtype=torch.float64), dim=1).requires_grad_()
+    keys = F.normalize(torch.randn(15, 5, dtype=torch.float64), dim=1).requires_grad_()
+    anchors = keys[4:8].detach().clone().requires_grad_()
     from ipt_train.losses import _ChunkedSupCon
 
-    assert torch.autograd.gradcheck(lambda t: _ChunkedSupCon.apply(t, 5, 0.5, 3), (z,))
+    def loss(a, k):
+        return _ChunkedSupCon.apply(a, k, 4, 5, 0.5, 3)
+
+    assert torch.autograd.gradcheck(loss, (anchors, keys))
+
+
+def test_mean_over_row_blocks_is_the_whole_batch_loss():
+    """What each rank computes (its anchors against all keys), done here block by block."""
+    torch.manual_seed(4)
+    feats = torch.randn(4, 6, 8)
+    feats[2] += 1.5 * feats[0]
+    from ipt_train.losses import _ChunkedSupCon
+
+    z = F.normalize(feats.flatten(0, 1), dim=1)
+    blocks = [_ChunkedSupCon.apply(z[r * 12 : (r + 1) * 12], z, r * 12, 6, 0.07, 5) for r in (0, 1)]
+    whole = supcon_loss(feats)
+    assert torch.stack(blocks).mean().item() == pytest.approx(whole.item(), rel=1e-6)
+    assert abs(blocks[0].item() - blocks[1].item()) > 0.01  # the blocks differ; their mean agrees
 
 
 def test_pretrain_loss_is_l1_plus_weighted_supcon():
