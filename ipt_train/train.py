@@ -3,6 +3,8 @@
 Each step trains one task, drawn from (seed, step) and so the same on every rank; the global
 batch is ``micro_batch x accum x world`` samples, ``accum`` micro-batches per rank and step. The
 loss is L1 + λ·SupCon of the body tokens (SPEC §7), Adam β (0.9, 0.999), lr from the schedule.
+SupCon's negatives are the tokens of every rank's micro-batch, gathered at each micro-step (so
+with ``accum`` > 1 they span ``micro_batch x world`` images, not the whole global batch).
 
 Multi-process: ``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; the process group uses nccl on GPUs
 and gloo on CPUs. Only one head and tail take part in a step, so the model is not wrapped in
@@ -224,7 +226,9 @@ def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
         autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
         with autocast:
             output, feats = job.model(x, job.slot(task.name), return_features=True)
-        total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight)
+        total, l1, contrastive = pretrain_loss(
+            output, y, feats, config.supcon_weight, across_ranks=env.world > 1
+        )
         (total / accum).backward()
         sums += torch.stack([total.detach(), l1, contrastive]).double().cpu()
     _average_gradients(job.model, env)
