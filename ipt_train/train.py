@@ -66,6 +66,9 @@ class TrainConfig:
     batch: int = 256  # global samples per step (paper: 256)
     schedule: LRSchedule = field(default_factory=LRSchedule)
     supcon_weight: float = SUPCON_WEIGHT
+    # SupCon negatives from every rank's micro-batch (SPEC §7: the other images of the batch);
+    # False: this rank's micro-batch only, whose cost per rank does not grow with the ranks.
+    supcon_across_ranks: bool = True
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"  # auto: cuda:LOCAL_RANK where a GPU exists, else cpu
@@ -136,6 +139,9 @@ def distributed(device: str) -> Iterable[DistEnv]:
     env = DistEnv(rank, world, torch.device(device))
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
+        # fp32 matmuls (SupCon's similarities, which run outside bf16 autocast) on TF32 tensor
+        # cores: ~10 bits of mantissa is plenty for softmax logits of magnitude <= 1/τ.
+        torch.set_float32_matmul_precision("high")
     if world > 1:
         dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo")
     try:
@@ -226,9 +232,8 @@ def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
         autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
         with autocast:
             output, feats = job.model(x, job.slot(task.name), return_features=True)
-        total, l1, contrastive = pretrain_loss(
-            output, y, feats, config.supcon_weight, across_ranks=env.world > 1
-        )
+        across = config.supcon_across_ranks and env.world > 1
+        total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight, across)
         (total / accum).backward()
         sums += torch.stack([total.detach(), l1, contrastive]).double().cpu()
     _average_gradients(job.model, env)
