@@ -1,0 +1,58 @@
+"""Progress bars: live on a terminal (a real pty), a few plain lines in a log (a file, a pipe)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from tqdm import tqdm
+
+from ipt_data.progress import LogProgress, progress_bar
+
+
+def updates(text: str) -> list[str]:
+    """What a reader of the log sees: every carriage return or newline starts an update."""
+    return [part for part in re.split(r"[\r\n]", text) if part.strip()]
+
+
+def busy_loop(bar: tqdm, steps: int) -> None:
+    """A training loop's pattern: a postfix (which tqdm redraws at once) and a step, often."""
+    with bar:
+        for step in range(steps):
+            time.sleep(0.002)
+            bar.set_postfix(loss=1 / (step + 1))
+            bar.update()
+
+
+def test_a_log_gets_its_first_and_last_line_only(tmp_path):
+    with open(tmp_path / "plain.log", "w") as log:
+        busy_loop(tqdm(total=300, file=log), 300)
+    with open(tmp_path / "helper.log", "w") as log:
+        bar = progress_bar(total=300, desc="train", file=log)
+        assert isinstance(bar, LogProgress)
+        busy_loop(bar, 300)
+    assert len(updates((tmp_path / "plain.log").read_text())) > 250  # what the helper avoids
+    text = (tmp_path / "helper.log").read_text()
+    assert "\r" not in text and text.endswith("\n")
+    first, last = text.splitlines()
+    assert first.startswith("train:   0%") and "300/300" in last and "loss=0.00333" in last
+
+
+def test_a_disabled_bar_writes_nothing(tmp_path):
+    with open(tmp_path / "log", "w") as log:
+        assert list(progress_bar(range(5), enabled=False, file=log)) == [0, 1, 2, 3, 4]
+    assert (tmp_path / "log").read_text() == ""
+
+
+def test_a_terminal_gets_the_live_bar():
+    controller, terminal = os.openpty()
+    with os.fdopen(terminal, "w") as screen:
+        bar = progress_bar(total=3, desc="copy", file=screen, mininterval=0)
+        assert type(bar) is tqdm
+        for _ in range(3):
+            bar.update()
+        bar.close()
+        shown = os.read(controller, 1 << 16).decode()
+    os.close(controller)
+    assert shown.count("\r") >= 4 and "3/3" in shown  # redrawn in place, one update a step
