@@ -159,6 +159,7 @@ _SUBSET_OPTIONS = (
     click.option("--tasks", help="Only these tasks (comma-separated) [default: all]."),
     click.option("--shards", help="Only this slice of each task's shards, e.g. 0:100."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--jobs", type=click.IntRange(min=1), help="Shards copied at once [default: 8]."),
 )
 
 
@@ -172,26 +173,32 @@ def _subset_options(command):
 @click.argument("url")
 @click.argument("dest", type=click.Path(file_okay=False))
 @_subset_options
-def pull(url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool) -> None:
+def pull(
+    url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int | None
+) -> None:
     """Copy the shard set at URL (http(s)://, s3://, any fsspec URL or a folder) into DEST,
     verifying every shard; rerun to resume."""
+    from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import pull as pull_set
-    from ipt_data.transfer import summary_line
 
-    click.echo(summary_line(pull_set(url, dest, tasks, shards, progress=not no_progress)))
+    result = pull_set(url, dest, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS)
+    click.echo(summary_line(result))
 
 
 @main.command()
 @click.argument("src", type=click.Path(file_okay=False))
 @click.argument("url")
 @_subset_options
-def push(src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool) -> None:
+def push(
+    src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int | None
+) -> None:
     """Copy the shard set in the folder SRC to URL (s3://…, any writable fsspec URL or a
     folder), verifying every shard; rerun to resume."""
+    from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import push as push_set
-    from ipt_data.transfer import summary_line
 
-    click.echo(summary_line(push_set(src, url, tasks, shards, progress=not no_progress)))
+    result = push_set(src, url, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS)
+    click.echo(summary_line(result))
 
 
 @main.command("rain-stats")

@@ -1,8 +1,9 @@
 """Real servers on 127.0.0.1 for the remote-set tests, and the tiny shard set they serve.
 
 * :func:`http_server`: Python's http.server in a thread, serving a folder; it counts GETs per
-  path and can drop the connection half-way through chosen files (``server.drops``) or stall
-  there until released (``server.stalls``).
+  path, can drop the connection half-way through chosen files (``server.drops``) or stall
+  there until released (``server.stalls``), and can wait ``server.latency`` seconds before
+  answering each request (a distant object store's time to first byte).
 * :func:`s3_server`: moto's S3-compatible server in a thread, emptied, with dummy credentials and
   its endpoint in ``AWS_*`` variables for the duration.
 * :func:`tiny_set`: a shard set built once per test session by ``ipt-data build`` (real Ray) from
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +37,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits[self.path] += 1
+        time.sleep(self.server.latency)
         super().do_GET()
+
+    def do_HEAD(self) -> None:
+        time.sleep(self.server.latency)
+        super().do_HEAD()
 
     def copyfile(self, source, outputfile) -> None:
         dropped = self.server.drops.get(self.path, 0) > 0
@@ -61,6 +68,7 @@ class LoopbackHTTPServer(http.server.ThreadingHTTPServer):
         self.drops: dict[str, int] = {}  # path -> how many more GETs to cut off half-way
         self.stalls: set[str] = set()  # paths whose GETs send half, then wait for `release`
         self.stalled, self.release = threading.Event(), threading.Event()
+        self.latency = 0.0  # seconds each request waits before it is answered
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
     def handle_error(self, request, client_address) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
 import time
 
+from loopback_servers import BIN, http_server, tiny_set
 from tqdm import tqdm
 
 from ipt_data.progress import LogProgress, progress_bar
@@ -53,6 +56,22 @@ def test_a_terminal_gets_the_live_bar():
         for _ in range(3):
             bar.update()
         bar.close()
-        shown = os.read(controller, 1 << 16).decode()
+    shown = b""
+    with contextlib.suppress(OSError):  # Linux: EIO once the terminal's side is closed and read
+        while block := os.read(controller, 1 << 16):
+            shown += block
     os.close(controller)
+    shown = shown.decode()
     assert shown.count("\r") >= 4 and "3/3" in shown  # redrawn in place, one update a step
+
+
+def test_pull_into_a_log_prints_a_handful_of_lines(tmp_path_factory, tmp_path):
+    with http_server(tiny_set(tmp_path_factory)) as server:
+        server.latency = 0.1  # each shard takes longer than tqdm's 0.1 s between redraws
+        command = [BIN / "ipt-data", "pull", server.url, str(tmp_path / "copy"), "--jobs", "1"]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = updates(run.stderr)
+    assert len(lines) == 2 and "\r" not in run.stderr, run.stderr
+    assert lines[0].startswith("shards:   0%") and "6/6" in lines[1]
+    assert run.stdout.startswith("copied 6 shards")

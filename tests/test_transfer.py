@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -56,19 +57,65 @@ def test_interrupted_pull_is_clearly_incomplete_and_resumes(shard_set, server, t
     dest = tmp_path / "copy"
     paths = shard_paths(shard_set)
     server.drops[f"/{paths[0]}"] = 1  # one dropped connection: retried within the call
-    server.drops[f"/{paths[3]}"] = 3  # dropped on every attempt: the pull fails there
+    server.drops[f"/{paths[3]}"] = 3  # dropped on every attempt: that shard fails
     with pytest.raises(UserError, match=rf"{paths[3]}: transfer failed after 3 attempts"):
         pull(server.url, dest)
     assert not (dest / "manifest.json").exists()
     assert json.loads((dest / MARKER).read_bytes())["source"] == server.url
-    assert sorted(tree_hashes(dest)) == sorted([MARKER, *paths[:3]])  # no partial file left
+    others = [path for path in paths if path != paths[3]]  # copied, whatever the order
+    assert sorted(tree_hashes(dest)) == sorted([MARKER, *others])  # no partial file left
     assert server.hits[f"/{paths[0]}"] == 2
 
     server.hits.clear()
     result = pull(server.url, dest)
-    assert (result.copied, result.skipped) == (3, 3)
-    assert [server.hits[f"/{path}"] for path in paths] == [0, 0, 0, 1, 1, 1]
+    assert (result.copied, result.skipped) == (1, 5)
+    assert [server.hits[f"/{path}"] for path in paths] == [0, 0, 0, 1, 0, 0]
     assert tree_hashes(dest) == tree_hashes(shard_set)  # marker gone, manifest identical
+
+
+def test_failed_shards_are_named_in_one_error_and_the_rest_are_kept(shard_set, server, tmp_path):
+    dest = tmp_path / "copy"
+    paths = shard_paths(shard_set)
+    for failing in (paths[1], paths[4]):
+        server.drops[f"/{failing}"] = 3
+    run = CliRunner().invoke(main, ["pull", server.url, str(dest), "--jobs", "3", "--no-progress"])
+    assert run.exit_code == 1 and "Traceback" not in run.output
+    assert run.output.startswith("Error: 2 of 6 shards could not be copied")
+    named = [line.strip().partition(": ")[0] for line in run.output.splitlines()[1:]]
+    assert named == [f"{server.url}/{paths[1]}", f"{server.url}/{paths[4]}"]
+    kept = tree_hashes(dest)
+    source = tree_hashes(shard_set)
+    assert sorted(kept) == sorted([MARKER, *paths[:1], *paths[2:4], *paths[5:]])
+    assert all(kept[path] == source[path] for path in kept if path != MARKER)
+
+
+def test_shards_are_copied_concurrently(shard_set, server, tmp_path):
+    dest = tmp_path / "copy"
+    paths = shard_paths(shard_set)
+    server.stalls.add(f"/{paths[0]}")  # half-sent, then held until released
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(result=pull(server.url, dest, jobs=2)))
+    thread.start()
+    try:
+        assert server.stalled.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while not all((dest / path).exists() for path in paths[1:]):
+            assert time.monotonic() < deadline, "the other shards waited for the stalled one"
+            time.sleep(0.05)
+        assert not (dest / "manifest.json").exists() and not (dest / paths[0]).exists()
+    finally:
+        server.release.set()
+        thread.join(timeout=60)
+    assert (done["result"].copied, done["result"].skipped) == (6, 0)
+    assert tree_hashes(dest) == tree_hashes(shard_set)
+
+
+def test_jobs_below_one_is_refused(server, tmp_path):
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        pull(server.url, tmp_path / "copy", jobs=0)
+    run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "d"), "--jobs", "0"])
+    assert run.exit_code == 2 and "--jobs" in run.output
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "d").exists()
 
 
 def test_pull_killed_part_way_resumes(shard_set, server, tmp_path):
@@ -88,10 +135,14 @@ def test_pull_killed_part_way_resumes(shard_set, server, tmp_path):
     assert list(dest.glob("sr_x2/.*.part"))  # a half-written shard, under a temporary name
     assert not (dest / "manifest.json").exists() and (dest / MARKER).is_file()
     assert not (dest / paths[2]).exists()
+    source = tree_hashes(shard_set)
+    final = [path for path in tree_hashes(dest) if not Path(path).name.startswith(".")]
+    assert set(final) <= {MARKER, *paths}  # under final names: verified shards only
+    assert all(tree_hashes(dest)[path] == source[path] for path in final if path != MARKER)
 
     server.stalls.clear()
     result = pull(server.url, dest)
-    assert (result.copied, result.skipped) == (4, 2)
+    assert result.copied >= 1 and result.copied + result.skipped == 6
     assert tree_hashes(dest) == tree_hashes(shard_set)  # partial removed, marker gone
 
 
@@ -186,14 +237,15 @@ def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
         assert failed.exit_code == 1 and f"{paths[4]}: sha256 differs" in failed.output
         store = s3fs.S3FileSystem()
         listed = sorted(name.removeprefix("sets/ipt/tiny/") for name in store.find("sets/ipt/tiny"))
-        assert listed == sorted([MARKER, *paths[:4]])  # no manifest: clearly incomplete
+        others = [path for path in paths if path != paths[4]]
+        assert listed == sorted([MARKER, *others])  # no manifest: clearly incomplete
 
         damaged.write_bytes(original)
         stale = f"sets/ipt/tiny/{paths[0].replace('/', '/.')}.0123456789ab.part"
         store.pipe_file(stale, b"left by a killed push")
         resumed = runner.invoke(main, ["push", str(local), url, "--no-progress"])
         assert resumed.exit_code == 0, resumed.output
-        assert "copied 2 shards" in resumed.output and "4 were already in place" in resumed.output
+        assert "copied 1 shards" in resumed.output and "5 were already in place" in resumed.output
         listed = sorted(name.removeprefix("sets/ipt/tiny/") for name in store.find("sets/ipt/tiny"))
         assert listed == sorted(["manifest.json", *paths])
 
