@@ -28,6 +28,7 @@ from ipt_data.remote import (
     list_names,
     open_location,
     read_bytes,
+    read_many,
     remove_partials,
     storage_errors,
     write_bytes,
@@ -104,7 +105,7 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
     # Every chunk is done: what killed or retried workers left half-written can go.
     for task in config.tasks:
         remove_partials(location, task.name)
-    manifest = make_manifest(identity, [_read_stats(location, job) for job in jobs])
+    manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
     write_bytes(location, MANIFEST_NAME, dumps(manifest))
     return BuildResult(
         manifest=manifest,
@@ -162,8 +163,17 @@ def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig)
     ]
 
 
-def _read_stats(location: SetLocation, job: ChunkJob) -> ChunkStats:
-    return ChunkStats.from_json(read_bytes(location, stats_name(job.index)))
+def _chunk_stats(
+    location: SetLocation, jobs: list[ChunkJob], fresh: list[ChunkStats]
+) -> list[ChunkStats]:
+    """Every chunk's stats as its stats file holds them: this run's as the workers returned them,
+    through the same JSON (the manifest's bytes must not depend on which run built a chunk: key
+    order, for one), the chunks done before read from the output together."""
+    known = {stats.chunk: ChunkStats.from_json(stats.to_json()) for stats in fresh}
+    earlier = [job.index for job in jobs if job.index not in known]
+    stored = read_many(location, [stats_name(index) for index in earlier])
+    known.update(zip(earlier, map(ChunkStats.from_json, stored), strict=True))
+    return [known[job.index] for job in jobs]
 
 
 def _load_json(location: SetLocation, relative: str) -> object:

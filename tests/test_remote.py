@@ -21,6 +21,7 @@ from ipt_data.remote import (
     open_location,
     open_read,
     read_bytes,
+    read_many,
     read_set_manifest,
     read_shards,
     remove_partials,
@@ -179,3 +180,18 @@ def test_webdataset_streams_checked_samples_from_a_url(shard_set):
     assert {sample["input.png"].shape for sample in samples} == {(48, 48, 3)}
     assert {sample["target.png"].shape for sample in samples} == {(96, 96, 3)}
     assert all(isinstance(sample["json"], dict) for sample in samples)
+
+
+def test_read_many_keeps_the_order_and_names_a_missing_file(shard_set):
+    names = sorted(
+        path.relative_to(shard_set).as_posix() for path in shard_set.glob("_build/chunk-*.json")
+    )
+    assert len(names) == 3
+    with http_server(shard_set) as server:
+        server.latency = 0.05
+        location = open_location(server.url)
+        wanted = [names[2], names[0], names[1]] * 6
+        assert read_many(location, wanted) == [(shard_set / name).read_bytes() for name in wanted]
+        assert sum(server.hits.values()) == len(wanted)  # one GET per file
+        with pytest.raises(UserError, match=r"_build/chunk-000009\.json: not found"):
+            read_many(location, [names[0], "_build/chunk-000009.json", names[1]])
