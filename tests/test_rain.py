@@ -34,18 +34,23 @@ def _measure(photos: dict[str, np.ndarray], rain: Rain, seeds: range) -> dict[st
 
 
 def test_light_rain_matches_the_real_rain100l_layers_on_the_photographs(sample_photos):
-    # Targets: the real Rain100L streak layers tiled over these photographs (SPEC §3).
+    # Every SPEC §3 statistic against its target band, on 18 layers over the photographs.
     figures = _measure(sample_photos, Rain(), range(3))
-    assert figures["psnr_y"] == pytest.approx(26.4, abs=1.0)
-    assert figures["ssim_y"] == pytest.approx(0.80, abs=0.03)
-    assert figures["touched"] == pytest.approx(0.35, abs=0.10)
-    # The finer Rain100L figures (S >= 30 on 6%, median 8, RMS 13.4, ~2 px wide, half-length
-    # ~17 px), with the slack of a model that matches them only roughly.
-    assert figures["strong"] == pytest.approx(0.06, abs=0.02)
-    assert 5 <= figures["median_touched"] <= 12
-    assert 10 <= figures["rms"] <= 18
-    assert 1.2 <= figures["width_px"] <= 3.0
-    assert 13 <= figures["half_length_px"] <= 21
+    # The real Rain100L layers tiled over these photographs: 26.4 dB, SSIM 0.80, S >= 1 on 37%
+    # (35% on Rain100L itself).
+    assert figures["psnr_y"] == pytest.approx(26.4, abs=0.5)
+    assert figures["ssim_y"] == pytest.approx(0.80, abs=0.015)
+    assert figures["touched"] == pytest.approx(0.36, abs=0.03)
+    # Rain100L: S >= 30 on 6%, median non-zero S 8, RMS 13.4, correlation half-length ~17 px.
+    assert figures["strong"] == pytest.approx(0.06, abs=0.01)
+    assert 7 <= figures["median_touched"] <= 9
+    assert 12 <= figures["rms"] <= 15.5
+    assert 15 <= figures["half_length_px"] <= 19.5
+    # Two known gaps (README): the 99th percentile of non-zero S is ~79 where Rain100L's is
+    # 100 (heavier brightness tails raise SSIM past 0.80), and streaks are ~1.75 px wide where
+    # Rain100L's are ~2 px (wider ones do too). The bands hold the calibration where it is.
+    assert 75 <= figures["p99_touched"] <= 110
+    assert 1.6 <= figures["width_px"] <= 2.3
 
 
 def test_tilt_spread_over_many_draws():
@@ -53,7 +58,8 @@ def test_tilt_spread_over_many_draws():
         shape_statistics(rain_layer(96, 96, np.random.default_rng(seed)))["tilt_deg"]
         for seed in range(200)
     ]
-    assert 10.0 <= np.std(tilts) <= 17.0
+    # N(0, 13.6°) redrawn beyond ±27° (SPEC §3) has a standard deviation of 11.9°.
+    assert np.std(tilts) == pytest.approx(11.9, abs=1.5)
     assert np.max(np.abs(tilts)) <= TILT_LIMIT_DEG + 2.0  # estimate within 2° of the drawn tilt
 
 
