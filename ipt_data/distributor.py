@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ipt_data.errors import UserError
+from ipt_data.progress import progress_bar
 from ipt_data.worker import ChunkJob, ChunkStats, process_chunk
 
 # The object store only carries small stats back; Ray's default (30% of RAM) would be wasted.
@@ -34,7 +35,7 @@ class RayConfig:
     workers: int | None = None
     address: str | None = None  # join this Ray cluster instead of starting a local instance
     retries: int = 2  # extra attempts of a failed or crashed task
-    progress: bool = True  # live bar on stderr
+    progress: bool = True  # bar on stderr (live on a terminal, a line per 30 s in a log)
 
 
 class BuildFailed(UserError):
@@ -106,7 +107,7 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     ray = _import_ray()
     total_images = sum(len(job.image_ids) for job in jobs)
     done, failures = [], {}
-    with ray_session(config) as in_flight_limit, _progress_bar(total_images, config) as bar:
+    with ray_session(config) as in_flight_limit, _build_bar(total_images, config) as bar:
         counter, run = _progress_counter(ray), uuid.uuid4().hex
         remote = ray.remote(num_cpus=1)(run_chunk_reporting).options(
             max_retries=config.retries, retry_exceptions=True
@@ -129,15 +130,10 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
     return sorted(done, key=lambda stats: stats.chunk)
 
 
-@contextmanager
-def _progress_bar(total_images: int, config: RayConfig) -> Iterator[tqdm]:
-    bar = tqdm(
-        total=total_images, unit="img", desc="build", disable=not config.progress, smoothing=0.1
+def _build_bar(total_images: int, config: RayConfig) -> tqdm:
+    return progress_bar(
+        total=total_images, unit="img", desc="build", enabled=config.progress, smoothing=0.1
     )
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def _show(bar: tqdm, totals: list[int]) -> None:

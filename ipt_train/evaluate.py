@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
 from ipt_data.fileio import read_bytes
 from ipt_data.imresize import downscale, mod_crop, upscale
 from ipt_data.metrics import psnr_rgb, psnr_y, ssim_rgb, ssim_y
+from ipt_data.progress import progress_bar
 from ipt_data.sources import is_image_name
 from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
@@ -60,7 +60,9 @@ def evaluate(
     pairs = list(eval_pairs(task, Path(data), config.noise_seed))
     restore = _baseline(task) if checkpoint is None else _model_runner(checkpoint, task, config)
     rows = []
-    for pair in tqdm(pairs, desc=f"eval {task.name}", unit="image", disable=not config.progress):
+    for pair in progress_bar(
+        pairs, desc=f"eval {task.name}", unit="image", enabled=config.progress
+    ):
         rows.append({"name": pair.name, **score(restore(pair.input), pair.target, task)})
     means = {key: float(np.mean([row[key] for row in rows])) for key in rows[0] if key != "name"}
     return {"task": task.name, "images": rows, **means}

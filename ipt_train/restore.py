@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
 from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
 from ipt_data.metrics import psnr_y, ssim_y
+from ipt_data.progress import progress_bar
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
@@ -81,7 +81,9 @@ def restore_files(
     slot = slot_for_task(model.cfg, task)
     tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
     written = []
-    for source, name in tqdm(jobs, desc=f"restore {task.name}", unit="image", disable=not progress):
+    for source, name in progress_bar(
+        jobs, desc=f"restore {task.name}", unit="image", enabled=progress
+    ):
         rgb = decode_image(read_bytes(source), str(source))
         restored = restore_image(model, rgb, slot, model.cfg.scales[slot], tiles)
         write_bytes_atomic(Path(out_dir) / name, encode_image(restored, ".png"))
