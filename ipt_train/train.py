@@ -40,6 +40,7 @@ from ipt_train.checkpoint import export_official
 from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, make_loader
 from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
 from ipt_train.model import IPT, PRESETS
+from ipt_train.restore import pick_device
 from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
@@ -134,9 +135,7 @@ def distributed(device: str) -> Iterable[DistEnv]:
     """The process group of a ``torchrun`` launch (none for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    env = DistEnv(rank, world, torch.device(device))
+    env = DistEnv(rank, world, pick_device(process_device(device, local)))
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
         # fp32 matmuls (SupCon's similarities, which run outside bf16 autocast) on TF32 tensor
@@ -149,6 +148,15 @@ def distributed(device: str) -> Iterable[DistEnv]:
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def process_device(device: str, local_rank: int) -> str:
+    """The device of the process with ``local_rank``: auto is ``cuda:LOCAL_RANK`` where torch
+    sees a GPU, else cpu; a bare cuda is ``cuda:LOCAL_RANK`` too (one GPU per process, where
+    torch.cuda.set_device refuses a device without an index)."""
+    if device == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
 
 
 def accumulation(config: TrainConfig, micro_batch: int, world: int) -> int:
