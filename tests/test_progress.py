@@ -75,3 +75,17 @@ def test_pull_into_a_log_prints_a_handful_of_lines(tmp_path_factory, tmp_path):
     assert len(lines) == 2 and "\r" not in run.stderr, run.stderr
     assert lines[0].startswith("shards:   0%") and "6/6" in lines[1]
     assert run.stdout.startswith("copied 6 shards")
+
+
+def test_pretraining_into_a_log_prints_two_bar_lines(tmp_path_factory, tmp_path):
+    shards = tiny_set(tmp_path_factory)
+    command = [BIN / "ipt-train", "pretrain", "--shards", shards, "--out", tmp_path / "run"]
+    command += ["--tasks", "sr_x2,denoise_30", "--steps", "20", "--batch", "2"]
+    command += ["--micro-batch", "2", "--checkpoint-every", "20", "--workers", "0"]
+    command += ["--shuffle-buffer", "4", "--seed", "1"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stderr  # each step's set_postfix used to redraw the bar
+    bar = [line for line in updates(run.stderr) if "sample/s" in line]
+    assert len(bar) == 2 and "40.0/40.0" in bar[1] and "sr_x2=" in bar[1], run.stderr
