@@ -46,10 +46,9 @@ def test_light_rain_matches_the_real_rain100l_layers_on_the_photographs(sample_p
     assert 7 <= figures["median_touched"] <= 9
     assert 12 <= figures["rms"] <= 15.5
     assert 15 <= figures["half_length_px"] <= 19.5
-    # Two known gaps (README): the 99th percentile of non-zero S is ~79 where Rain100L's is
-    # 100 (heavier brightness tails raise SSIM past 0.80), and streaks are ~1.75 px wide where
-    # Rain100L's are ~2 px (wider ones do too). The bands hold the calibration where it is.
-    assert 75 <= figures["p99_touched"] <= 110
+    assert 88 <= figures["p99_touched"] <= 110  # Rain100L: 100 (ours ~94)
+    # The one known gap (README): streaks ~1.75 px wide where Rain100L's are ~2 px; wider ones
+    # raise SSIM past 0.80 at the PSNR target.
     assert 1.6 <= figures["width_px"] <= 2.3
 
 
