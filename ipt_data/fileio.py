@@ -1,16 +1,29 @@
-"""Small file helpers shared by the commands: reading inputs with clear errors, atomic writes."""
+"""Small file helpers shared by the commands: reading inputs with clear errors, atomic writes.
+
+One atomic-write mechanism serves local files and shard sets on any fsspec filesystem: write to
+a fresh temporary name beside the final one, then rename it into place (locally; elsewhere a
+move, which for an object store is a copy of the complete upload), or delete it on failure. A
+file appears under its final name complete or not at all; the temporary names end in
+:data:`PARTIAL_SUFFIX`, so leftovers of killed writers can be found and removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
+from typing import IO
 
 import cv2
+import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
+
+PARTIAL_SUFFIX = ".part"
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -26,20 +39,49 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    that ``path`` is either absent or complete, never half-written."""
-    path = Path(path)
+    """Write ``data`` to the local file ``path`` (folders created) so that ``path`` is either
+    absent or complete, never half-written; a path that cannot be written is a UserError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(LocalFileSystem(), Path(path).absolute().as_posix(), data)
     except OSError as error:
-        raise UserError(f"{path.parent}: cannot create folder ({error.strerror})") from None
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def open_partial(fs: fsspec.AbstractFileSystem, final: str) -> tuple[IO[bytes], str]:
+    """A writable stream to a fresh temporary name beside ``final`` (a full path on ``fs``; its
+    folder is created where ``fs`` has folders), and that name. Publish it with
+    :func:`publish_partial` or drop it with :func:`discard_partial`."""
+    folder, _, name = final.rpartition("/")
+    partial = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(folder, exist_ok=True)
+    return fs.open(partial, "wb"), partial
+
+
+def publish_partial(fs: fsspec.AbstractFileSystem, partial: str, final: str) -> None:
+    """Move a complete temporary file to its final name (replacing what was there)."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(partial, final)
+    else:
+        fs.mv(partial, final)
+
+
+def discard_partial(fs: fsspec.AbstractFileSystem, partial: str) -> None:
+    """Remove a temporary file; it may never have been created."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(partial)
+
+
+def write_whole(fs: fsspec.AbstractFileSystem, final: str, data: bytes) -> None:
+    """Write a whole file atomically: :func:`open_partial`, then :func:`publish_partial`, the
+    temporary file removed on any failure (which is raised as it is)."""
+    stream, partial = open_partial(fs, final)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
+        with stream:  # an object store may upload, and fail, only here
+            stream.write(data)
+        publish_partial(fs, partial, final)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        discard_partial(fs, partial)
         raise
 
 

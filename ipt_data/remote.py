@@ -8,9 +8,10 @@ absolute paths, other hosts). Object stores get credentials and endpoints the us
 their fsspec backend (for S3: ``AWS_*`` variables such as ``AWS_ENDPOINT_URL``), or
 ``storage_options``.
 
-Writes are atomic per file: a file appears under its final name complete or not at all. Locally
-that is a temporary name and a rename; elsewhere a temporary key and a move (object stores make
-an upload visible only once it is complete, and a move of a complete object is a copy of it).
+Writes are atomic per file (:mod:`ipt_data.fileio`'s one mechanism): a file appears under its
+final name complete or not at all. Locally that is a temporary name and a rename; elsewhere a
+temporary key and a move (object stores make an upload visible only once it is complete, and a
+move of a complete object is a copy of it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,10 +29,16 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
+from ipt_data.fileio import (
+    PARTIAL_SUFFIX,
+    discard_partial,
+    open_partial,
+    publish_partial,
+    write_whole,
+)
 from ipt_data.manifest import MANIFEST_NAME, validate_manifest
 from ipt_data.safety import read_samples, safe_relative_path
 
-PARTIAL_SUFFIX = ".part"
 _BLOCK = 1 << 20
 READS_AT_ONCE = 16  # small files read together by read_many: requests, not bandwidth, bound them
 
@@ -208,50 +213,38 @@ def read_shards(sources: Iterable[dict]) -> Iterator[dict]:
             stream.check_sha256(source["sha256"])
 
 
+# What a write that cannot happen raises (a read-only place, a file where a folder should be);
+# anything else (a network error, say) is left to the caller.
+_CANNOT_WRITE = (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)
+
+
 def open_write_partial(location: SetLocation, relative: str) -> tuple[IO[bytes], str]:
     """A writable stream to a fresh temporary name beside ``relative``, and that name.
 
     Publish it with :func:`publish` or drop it with :func:`discard`.
     """
-    final = location.path(relative)
-    folder, _, name = final.rpartition("/")
-    partial = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
     try:
-        if location.is_local:
-            location.fs.makedirs(folder, exist_ok=True)
-        return location.fs.open(partial, "wb"), partial
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as error:
+        return open_partial(location.fs, location.path(relative))
+    except _CANNOT_WRITE as error:
         raise UserError(f"{location.describe(relative)}: cannot write ({error})") from None
 
 
 def publish(location: SetLocation, partial: str, relative: str) -> None:
     """Move a complete temporary file to its final name ``relative``."""
-    final = location.path(relative)
-    if location.is_local:
-        os.replace(partial, final)
-    else:
-        location.fs.mv(partial, final)
+    publish_partial(location.fs, partial, location.path(relative))
 
 
 def discard(location: SetLocation, partial: str) -> None:
     """Remove a temporary file; it may never have been created."""
-    with contextlib.suppress(FileNotFoundError):
-        location.fs.rm_file(partial)
+    discard_partial(location.fs, partial)
 
 
 def write_bytes(location: SetLocation, relative: str, data: bytes) -> None:
-    """Write a whole file atomically (temporary name, then :func:`publish`)."""
-    stream, partial = open_write_partial(location, relative)
+    """Write a whole file atomically (:func:`ipt_data.fileio.write_whole`)."""
     try:
-        with stream:  # an object store may upload, and fail, only here
-            stream.write(data)
-        publish(location, partial, relative)
-    except (FileNotFoundError, PermissionError) as error:
-        discard(location, partial)
+        write_whole(location.fs, location.path(relative), data)
+    except _CANNOT_WRITE as error:
         raise UserError(f"{location.describe(relative)}: cannot write ({error})") from None
-    except BaseException:
-        discard(location, partial)
-        raise
 
 
 def file_size(location: SetLocation, relative: str) -> int | None:

@@ -16,6 +16,7 @@ from loopback_servers import copy_set, http_server, tiny_set
 
 from ipt_data.cli import main
 from ipt_data.errors import UserError
+from ipt_data.fileio import write_bytes_atomic, write_whole
 from ipt_data.remote import (
     file_size,
     open_location,
@@ -195,3 +196,19 @@ def test_read_many_keeps_the_order_and_names_a_missing_file(shard_set):
         assert sum(server.hits.values()) == len(wanted)  # one GET per file
         with pytest.raises(UserError, match=r"_build/chunk-000009\.json: not found"):
             read_many(location, [names[0], "_build/chunk-000009.json", names[1]])
+
+
+def test_local_files_are_written_by_the_same_atomic_mechanism(tmp_path):
+    target = tmp_path / "out" / "deep" / "x:1 \\ odd.png"  # legal local names; no set-path gate
+    write_bytes_atomic(target, b"first")
+    write_bytes_atomic(target, memoryview(b"second"))  # checkpoints pass a buffer
+    assert target.read_bytes() == b"second"
+    assert [path.name for path in target.parent.iterdir()] == [target.name]  # no temporary left
+    with pytest.raises(UserError, match=r"inner\.png: cannot write"):
+        write_bytes_atomic(target / "inner.png", b"x")  # a file where a folder should be
+    with pytest.raises(UserError, match="cannot write"):
+        write_bytes(open_location(target), "inner.png", b"x")
+    assert [path.name for path in target.parent.iterdir()] == [target.name]
+    with pytest.raises(TypeError):  # a write failing half-way: nothing published, nothing left
+        write_whole(LocalFileSystem(), f"{target.parent}/broken.png", "not bytes")
+    assert [path.name for path in target.parent.iterdir()] == [target.name]
