@@ -131,3 +131,14 @@ def test_paper_pipeline_empty_set_list_skips_that_evaluation_loudly(tmp_path):
     run = subprocess.run([PAPER, "eval"], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "derain is NOT evaluated (DERAIN_SETS is empty)" in run.stderr
+
+
+def test_paper_pipeline_checks_the_batches_before_the_build(tmp_path):
+    # 6 samples cannot be split into micro-batches of 2 over 2 processes
+    env = _smoke_env(tmp_path, BATCH="6", SR_SETS="", DENOISE_SETS="", DERAIN_SETS="")
+    run = subprocess.run([PAPER, "all"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and not (tmp_path / "out").exists()
+    assert run.stderr.strip() == (
+        "pipelines/paper: BATCH=6 is not a multiple of MICRO_BATCH x NNODES x NPROC_PER_NODE"
+        " = 2 x 1 x 2"
+    )
