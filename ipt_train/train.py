@@ -114,6 +114,8 @@ class TrainResult:
     def summary(self, batch: int) -> str:
         """Steps, loss, samples/s, data-wait fraction and peak memory of this call."""
         done = len(self.trained)
+        if not done:
+            return f"step {self.step}: already trained to its last step, nothing to do"
         rate = done * batch / self.train_seconds if self.train_seconds else 0.0
         wait = self.data_wait_seconds / self.train_seconds if self.train_seconds else 0.0
         return (

@@ -89,6 +89,12 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
     official = torch.load(killed / "model.pt", weights_only=True)  # a plain state_dict
     IPT(ipt_tiny()).load_state_dict(official, strict=True)
     assert all(torch.equal(v, official[k]) for k, v in again.model.state_dict().items())
+    finished = subprocess.run(  # resuming a finished run trains nothing and says so
+        pretrain_command(train_shards, reference, "--resume"), capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "step 6: already trained to its last step, nothing to do" in finished.stdout
+    assert load_train_state(reference / STATE).step == 6
 
 
 def test_resume_refuses_other_settings(train_shards, tmp_path):
