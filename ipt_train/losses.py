@@ -68,7 +68,22 @@ def supcon_loss(
         raise ValueError("SupCon needs at least two tokens per image (positives)")
     z = F.normalize(feats.float().flatten(0, 1), dim=1)  # [b·N, E]
     keys, offset = _gather_keys(z) if across_ranks else (z, 0)
-    return _ChunkedSupCon.apply(z, keys, offset, tokens, temperature, chunk_rows)
+    return supcon_of_anchors(z, keys, offset, tokens, temperature, chunk_rows)
+
+
+def supcon_of_anchors(
+    anchors: torch.Tensor,
+    keys: torch.Tensor,
+    offset: int,
+    tokens: int,
+    temperature: float = SUPCON_TEMPERATURE,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Mean SupCon of the L2-normalised anchors [m, E], which are rows offset..offset+m of the
+    L2-normalised keys [M, E] (images of ``tokens`` consecutive rows), against all keys; exact
+    gradients for both, in row chunks. Cost: 4·m·M·E multiply-adds (one product forward,
+    three backward)."""
+    return _ChunkedSupCon.apply(anchors, keys, offset, tokens, temperature, chunk_rows)
 
 
 def _gather_keys(z: torch.Tensor) -> tuple[torch.Tensor, int]:

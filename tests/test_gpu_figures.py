@@ -19,6 +19,7 @@ DRY_RUN = {
     "STEPS": "5",
     "WORKERS": "1",
     "LOADER_BATCHES": "2",
+    "SUPCON": "1x2",
 }
 
 
@@ -39,8 +40,10 @@ def test_prepare_then_run_prints_every_figure(tmp_path):
     ran = _run("run", str(tmp_path / "gpu"), FIGURES=str(figures), **DRY_RUN)
     assert ran.returncode == 0, ran.stderr
     lines = [json.loads(line) for line in figures.read_text().splitlines()]
-    model, loaders, pretrain = lines[0], lines[1:7], lines[7:]
+    model, supcon, loaders, pretrain = lines[0], lines[1], lines[2:8], lines[8:]
     assert model["n_params"] > 0 and model["train_samples_per_s"] > 0 and model["batch"] == 2
+    assert (supcon["supcon_images"], supcon["supcon_ranks"]) == (1, 2)
+    assert supcon["supcon_step_s_highest"] > 0
     assert sorted(r["task"] for r in loaders) == sorted(
         ["sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50"]
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from ipt_data.tasks import TASKS
-from ipt_train.losses import pretrain_loss, supcon_loss
+from ipt_train.bench import bench_supcon
+from ipt_train.losses import pretrain_loss, supcon_loss, supcon_of_anchors
 from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
 
 
@@ -73,6 +75,20 @@ def test_mean_over_row_blocks_is_the_whole_batch_loss():
     whole = supcon_loss(feats)
     assert torch.stack(blocks).mean().item() == pytest.approx(whole.item(), rel=1e-6)
     assert abs(blocks[0].item() - blocks[1].item()) > 0.01  # the blocks differ; their mean agrees
+
+
+def test_supcon_cost_is_four_products_of_anchors_by_keys():
+    """The FLOP count bench_supcon reports (4·m·M·E multiply-adds) is what the dispatcher sees:
+    one anchors x keys product forward, three backward, whatever the chunking."""
+    keys = F.normalize(torch.randn(1024, 72), dim=1).requires_grad_()
+    anchors = keys[256:768].detach().clone().requires_grad_()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        supcon_of_anchors(anchors, keys, 256, 256, chunk_rows=100).backward()
+    assert counter.get_total_flops() == 4 * 2 * 512 * 1024 * 72
+    figures = bench_supcon(images=1, ranks=2, steps=1)
+    assert figures["supcon_tflop"] == 4 * 2 * 256 * 512 * 576 / 1e12
+    assert figures["supcon_step_s_highest"] > 0
 
 
 def test_pretrain_loss_is_l1_plus_weighted_supcon():
