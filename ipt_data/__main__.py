@@ -3,4 +3,5 @@ not installed."""
 
 from ipt_data.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker process imports this module
+    main()
