@@ -10,9 +10,6 @@ import pytest
 REFDATA = Path(__file__).resolve().parents[2] / "shared" / "refdata"
 
 
-
-
-
 @pytest.fixture(scope="session")
 def refdata() -> Path:
     """The reference data folder; tests that need it skip, saying so, where it is absent."""
