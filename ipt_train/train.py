@@ -70,6 +70,7 @@ class TrainConfig:
     # SupCon negatives from every rank's micro-batch (SPEC §7: the other images of the batch);
     # False: this rank's micro-batch only, whose cost per rank does not grow with the ranks.
     supcon_across_ranks: bool = True
+    compile: bool = False  # torch.compile the forward pass: one graph per task slot trained
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"  # auto: cuda:LOCAL_RANK where a GPU exists, else cpu
@@ -179,12 +180,14 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     start = _start_step(config, job, optimizer, identity, env)
     log = RunLog(out, config, start, enabled=env.rank == 0)
     result = TrainResult(job.model, start, [], math.nan)
+    # The compiled module shares job.model's parameters; checkpoints use job.model's own keys.
+    forward = torch.compile(job.model) if config.compile else job.model
     try:
         for segment in _segments(start, config.steps, config.checkpoint_every):
             units = iter(job.batches(segment, accum))
             for step in segment:
                 clock = time.perf_counter()
-                losses = _train_step(job, optimizer, units, step, accum, config, env)
+                losses = _train_step(job, forward, optimizer, units, step, accum, config, env)
                 result.train_seconds += time.perf_counter() - clock
                 result.data_wait_seconds += losses["data_wait_s"]
                 result.trained.append((step, losses["task"]))
@@ -224,8 +227,9 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     return state.step
 
 
-def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
-    """One optimizer step of ``accum`` micro-batches; losses averaged over ranks."""
+def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dict:
+    """One optimizer step of ``accum`` micro-batches through ``forward`` (job.model, or it
+    compiled); losses averaged over ranks."""
     task = job.mix.task_at(config.seed, step)
     for group in optimizer.param_groups:
         group["lr"] = config.schedule.at(step, config.steps)
@@ -241,7 +245,7 @@ def _train_step(job, optimizer, units, step, accum, config, env) -> dict:
         y = unit["target"].to(env.device, non_blocking=True).float()  # [b, 3, 48s, 48s]
         autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
         with autocast:
-            output, feats = job.model(x, job.slot(task.name), return_features=True)
+            output, feats = forward(x, job.slot(task.name), return_features=True)
         across = config.supcon_across_ranks and env.world > 1
         total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight, across)
         (total / accum).backward()

@@ -97,6 +97,24 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
     assert load_train_state(reference / STATE).step == 6
 
 
+def test_compiled_training_matches_eager(train_shards, tmp_path):
+    """--compile changes speed, not training: same losses and weights as the eager run."""
+    runs = {"eager": (), "compiled": ("--compile",)}
+    for name, extra in runs.items():
+        command = pretrain_command(train_shards, tmp_path / name, "--tasks", "sr_x2", *extra)
+        kernels = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"{name}-inductor")}
+        subprocess.run([*command, "--steps", "2"], check=True, env={**ENV, **kernels}, timeout=300)
+    generated = {name: list((tmp_path / f"{name}-inductor").rglob("*.py")) for name in runs}
+    assert generated["compiled"] and not generated["eager"]  # inductor wrote kernels: compiled
+    eager, compiled = (read_log(tmp_path / name) for name in runs)
+    assert [row["task"] for row in compiled] == ["sr_x2", "sr_x2"]
+    for a, b in zip(eager, compiled, strict=True):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4)
+    weights = [load_train_state(tmp_path / name / STATE).model.state_dict() for name in runs]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, atol=1e-5, rtol=1e-4)
+
+
 def test_resume_refuses_other_settings(train_shards, tmp_path):
     run = tmp_path / "run"
     subprocess.run(pretrain_command(train_shards, run), check=True, env=ENV)
