@@ -235,6 +235,7 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
         group["lr"] = config.schedule.at(step, config.steps)
     optimizer.zero_grad(set_to_none=True)
     sums, waited = torch.zeros(3, dtype=torch.float64), 0.0
+    across = config.supcon_across_ranks and env.world > 1  # SupCon keys from every rank
     for _ in range(accum):
         clock = time.perf_counter()
         unit = next(units)
@@ -246,7 +247,6 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
         autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
         with autocast:
             output, feats = forward(x, job.slot(task.name), return_features=True)
-        across = config.supcon_across_ranks and env.world > 1
         total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight, across)
         (total / accum).backward()
         sums += torch.stack([total.detach(), l1, contrastive]).double().cpu()
