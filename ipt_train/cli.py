@@ -225,3 +225,20 @@ def plot(run, out, window, grid_ckpt, grid_task, grid_image):
             bicubic, model = row["bicubic"], row["model"]
             click.echo(f"{row['image']}: bicubic {bicubic:.2f} dB, model {model:.2f} dB")
         click.echo(f"wrote {run}/grid.png")
+
+
+@main.command(
+    "launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--nproc-per-node", type=int, required=True, help="Processes on this node (GPUs).")
+@click.option("--nnodes", default=1, show_default=True, help="Nodes taking part.")
+@click.option("--node-rank", default=0, show_default=True, help="This node's rank.")
+@click.option("--master-addr", default="localhost", show_default=True, help="Node 0's address.")
+@click.option("--master-port", default=29500, show_default=True, help="A free port on node 0.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def launch_command(command, **where):
+    """Run `pretrain ...` or `finetune ...` (COMMAND) in several processes, as torchrun does, but
+    ending in one Error line, not torchrun's traceback, when a process fails."""
+    from ipt_train.launch import LaunchConfig, launch
+
+    launch(LaunchConfig(**where), command)
