@@ -13,6 +13,7 @@ same unit stream as pretraining (:class:`ipt_train.data.PretrainStream`):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,13 @@ def initial_model(path: str | Path, task: Task) -> IPT:
         f"{path}: a model with task scales {model.cfg.scales} cannot start {task.name} "
         f"fine-tuning (needs the 6-task layout or a single-task x{task.scale} one)"
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes: the identity of a run's --init checkpoint (a resumed run
+    must start from the same weights, wherever the file now lies)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class CleanFolder:
@@ -135,10 +143,14 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
     source = training_source(setup)
     source.check(task)
     mix = TaskMix.uniform([task])
+    model = initial_model(setup.init, task)  # a bad checkpoint fails before anything starts
     identity = run_identity(
-        task=task.name, init=os.path.abspath(setup.init), micro_batch=setup.loader.micro_batch
+        task=task.name, init_sha256=file_sha256(setup.init), micro_batch=setup.loader.micro_batch
     )
+    notes = {"init": os.path.abspath(setup.init)}
     with distributed(config.device) as env:
-        model = initial_model(setup.init, task).to(env.device)
-        job = stream_job(model, mix, lambda _: 0, source, setup.loader, config.seed, env, identity)
+        model = model.to(env.device)
+        job = stream_job(
+            model, mix, lambda _: 0, source, setup.loader, config.seed, env, identity, notes
+        )
         return train_and_export(config, job, env)

@@ -37,7 +37,7 @@ from ipt_data.errors import UserError
 from ipt_data.progress import progress_bar
 from ipt_data.tasks import TASKS, parse_tasks
 from ipt_train.checkpoint import export_official
-from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, make_loader
+from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, check_unit, make_loader
 from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
 from ipt_train.model import IPT, PRESETS
 from ipt_train.restore import pick_device
@@ -101,6 +101,7 @@ class Job:
     batches: Callable[[range, int], Iterable[dict]]  # (steps, accum) -> units
     micro_batch: int
     identity: dict  # settings a resumed run must share with the saved one
+    notes: dict = field(default_factory=dict)  # saved with them, not compared (--init's path)
 
 
 @dataclass
@@ -178,6 +179,7 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     identity = {**job.identity, "batch": config.batch, "seed": config.seed}
     optimizer = torch.optim.Adam(job.model.parameters(), lr=config.schedule.lr, betas=(0.9, 0.999))
     start = _start_step(config, job, optimizer, identity, env)
+    run = {**job.notes, **identity}
     log = RunLog(out, config, start, enabled=env.rank == 0)
     result = TrainResult(job.model, start, [], math.nan)
     # The compiled module shares job.model's parameters; checkpoints use job.model's own keys.
@@ -194,7 +196,7 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
                 result.step, result.last_loss = step + 1, losses["loss"]
                 log.step(losses, config.batch)
             if env.rank == 0:
-                save_train_state(out / STATE_NAME, job.model, optimizer, segment.stop, identity)
+                save_train_state(out / STATE_NAME, job.model, optimizer, segment.stop, run)
             _barrier(env)
     finally:
         log.close()
@@ -218,13 +220,27 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     if not path.is_file():
         raise UserError(f"--resume: {path} does not exist")
     state = load_train_state(path)
-    changed = {k: (state.run.get(k), v) for k, v in identity.items() if state.run.get(k) != v}
-    if changed:
-        raise UserError(f"--resume: the run at {path} was started differently: {changed}")
+    changes = _changes(state.run, identity, job.notes)
+    if changes:
+        raise UserError(f"--resume: the run at {path} was started differently: {changes}")
     job.model.load_state_dict(state.model.state_dict())
     optimizer.load_state_dict(state.optimizer)
     restore_rng(state.rng)
     return state.step
+
+
+def _changes(saved: dict, identity: dict, notes: dict) -> str:
+    """The settings of ``identity`` that differ from the ``saved`` run's, as one line."""
+    changes = []
+    for key, now in identity.items():
+        if saved.get(key) == now:
+            continue
+        if key == "init_sha256":  # name both checkpoints: the path alone may be the same file
+            before = f"{saved.get('init', '?')} (sha256 {saved.get(key)})"
+            changes.append(f"--init was {before}, now {notes.get('init')} (sha256 {now})")
+        else:
+            changes.append(f"{key} was {saved.get(key)!r}, now {now!r}")
+    return "; ".join(changes)
 
 
 def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dict:
@@ -238,7 +254,7 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
     across = config.supcon_across_ranks and env.world > 1  # SupCon keys from every rank
     for _ in range(accum):
         clock = time.perf_counter()
-        unit = next(units)
+        unit = check_unit(next(units))
         waited += time.perf_counter() - clock
         if (unit["step"], unit["task"]) != (step, task.name):
             raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
@@ -413,14 +429,16 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
         return train_and_export(config, job, env)
 
 
-def stream_job(model, mix, slot, source, loader: LoaderConfig, seed, env, identity) -> Job:
+def stream_job(
+    model, mix, slot, source, loader: LoaderConfig, seed, env, identity, notes=None
+) -> Job:
     """A job reading ``source`` (a shard set or a folder source) through PretrainStream."""
 
     def batches(steps: range, accum: int) -> Iterable[dict]:
         stream = PretrainStream(source, mix, seed, steps, accum, env.rank, env.world, loader)
         return make_loader(stream)
 
-    return Job(model, mix, slot, batches, loader.micro_batch, identity)
+    return Job(model, mix, slot, batches, loader.micro_batch, identity, notes or {})
 
 
 def train_and_export(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -17,8 +18,9 @@ from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
 from ipt_train.data import LoaderConfig
 from ipt_train.evaluate import EvalConfig, evaluate
-from ipt_train.finetune import FinetuneConfig, finetune, initial_model
+from ipt_train.finetune import FinetuneConfig, file_sha256, finetune, initial_model
 from ipt_train.train import TrainConfig
+from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
 LOADER = LoaderConfig(micro_batch=2, workers=0, shuffle_buffer=4)
@@ -94,3 +96,30 @@ def test_finetune_from_shards_and_from_rain_pairs(
     assert result.step == 2 and np.isfinite(result.last_loss)
     with pytest.raises(UserError, match="exactly one"):
         finetune(short_run(tmp_path / "x"), FinetuneConfig(str(pretrained), "derain"))
+
+
+def test_resume_refuses_an_init_checkpoint_whose_content_changed(
+    pretrained, train_shards, tmp_path
+):
+    init = tmp_path / "init.pt"
+    init.write_bytes(pretrained.read_bytes())
+    run = tmp_path / "run"
+
+    def resume(path: Path, steps: int):
+        config = TrainConfig(str(run), steps, batch=2, checkpoint_every=2, resume=steps > 2)
+        setup = FinetuneConfig(str(path), "sr_x2", shards=str(train_shards), loader=LOADER)
+        return finetune(replace(config, progress=False), setup)
+
+    resume(init, 2)
+    assert load_train_state(run / "checkpoint.pt").run["init_sha256"] == file_sha256(pretrained)
+    moved = tmp_path / "moved.pt"  # the same weights elsewhere: the same run
+    moved.write_bytes(init.read_bytes())
+    assert resume(moved, 4).step == 4
+    state = torch.load(init, weights_only=True)
+    state["model"]["tail.0.1.bias"] += 1  # the file retrained or replaced since the run began
+    torch.save(state, init)
+    with pytest.raises(UserError, match="started differently") as refused:
+        resume(init, 6)
+    for named in (moved, init, file_sha256(moved), file_sha256(init)):
+        assert str(named) in str(refused.value)
+    assert load_train_state(run / "checkpoint.pt").step == 4
