@@ -186,15 +186,27 @@ class PretrainStream(IterableDataset):
         segment_seed = (self.seed, self.steps.start)
         streams: dict[str, PairBatcher] = {}
         units = range(self.steps.start * self.accum, self.steps.stop * self.accum)
-        for unit in units[worker::workers]:
-            step = unit // self.accum
-            task = self.mix.task_at(self.seed, step)
-            if task.name not in streams:
-                streams[task.name] = self.source.stream(
-                    task, segment_seed, reader, readers, self.config
-                )
-            inputs, targets = streams[task.name].batch()
-            yield {"step": step, "task": task.name, "input": inputs, "target": targets}
+        try:
+            for unit in units[worker::workers]:
+                step = unit // self.accum
+                task = self.mix.task_at(self.seed, step)
+                if task.name not in streams:
+                    streams[task.name] = self.source.stream(
+                        task, segment_seed, reader, readers, self.config
+                    )
+                inputs, targets = streams[task.name].batch()
+                yield {"step": step, "task": task.name, "input": inputs, "target": targets}
+        except UserError as error:
+            # Passed on as data: a DataLoader re-raises a worker's exception with the worker's
+            # traceback folded into its message; check_unit raises it as the bare UserError.
+            yield {"error": str(error)}
+
+
+def check_unit(unit: dict) -> dict:
+    """``unit`` itself, unless it reports a reader's UserError (a corrupt shard...): raised."""
+    if "error" in unit:
+        raise UserError(unit["error"])
+    return unit
 
 
 def make_loader(stream: PretrainStream) -> DataLoader:
