@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,24 @@ def test_user_errors_are_one_line_and_write_nothing(train_shards, tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, env=ENV)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_corrupt_shard_in_a_loader_worker_is_one_error_line(train_shards, tmp_path):
+    """A shard whose PNG data is damaged (headers intact, so it passes the member checks and
+    fails in a worker's decode) stops the run with one Error line, not the worker's traceback."""
+    copy = tmp_path / "set"
+    shutil.copytree(train_shards, copy)
+    for path in (copy / "sr_x2").glob("*.tar"):
+        data = bytearray(path.read_bytes())
+        at = data.find(b"IDAT")
+        while at >= 0:
+            data[at + 8 : at + 60] = bytes(b ^ 0x5A for b in data[at + 8 : at + 60])
+            at = data.find(b"IDAT", at + 60)
+        path.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    command = pretrain_command(copy, out, "--tasks", "sr_x2", "--shuffle-buffer", "2")
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "is not a 48x48 RGB PNG" in last, result.stderr
+    assert not (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
