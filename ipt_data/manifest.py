@@ -84,9 +84,32 @@ def make_manifest(identity: dict, chunks: list[ChunkStats]) -> dict:
     return {**identity, "images": images, "tasks": tasks}
 
 
+# The fields every reader (info, verify, pull, the training loader) relies on, by path, and
+# their JSON types; a manifest lacking one is refused up front rather than failing half-way.
+REQUIRED_FIELDS = {
+    "tool_version": str,
+    "params.seed": int,
+    "params.patches_per_image": int,
+    "params.images_per_shard": int,
+    "source.fingerprint": str,
+    "source.images": int,
+    "images.listed": int,
+    "images.decoded": int,
+    "images.skipped": dict,
+}
+TASK_FIELDS = {
+    "input_size": int,
+    "target_size": int,
+    "samples": int,
+    "bytes": int,
+    "too_small": int,
+}
+
+
 def validate_manifest(manifest: object, where: str) -> None:
     """Refuse (:class:`UserError` naming ``where``) a manifest that is not a well-formed
-    manifest of this format, or whose shard entries are unsafe
+    manifest of this format (each of :data:`REQUIRED_FIELDS`, :data:`TASK_FIELDS` and
+    :data:`SHARD_FIELDS` present with its type), or whose shard entries are unsafe
     (:func:`ipt_data.safety.check_manifest_entries`: paths leaving the set, duplicates, bad
     sha256, negative counts). Every reader of a manifest, local or remote, goes through here."""
 
@@ -96,21 +119,48 @@ def validate_manifest(manifest: object, where: str) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fail(f"not an {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        fail(f"format version {manifest.get('format_version')!r}, this tool reads {FORMAT_VERSION}")
+        fail(
+            f"format version {manifest.get('format_version')!r}, this tool reads "
+            f"{FORMAT_VERSION} (a set written by a newer ipt-data needs that version)"
+        )
     for key in ("params", "source", "images", "tasks"):
         if not isinstance(manifest.get(key), dict):
             fail(f"missing {key!r}")
+    for path, kind in REQUIRED_FIELDS.items():
+        if not _is(_field(manifest, path), kind):
+            fail(f"{path!r} is missing or not {_KIND_NAMES[kind]}")
+    if not all(_is(count, int) for count in manifest["images"]["skipped"].values()):
+        fail("'images.skipped' holds a count that is not an int")
     if not isinstance(manifest.get("subset_of", {}), dict):
         fail("'subset_of' is not an object")
     for name, task in manifest["tasks"].items():
         if not isinstance(task, dict) or not isinstance(task.get("shards"), list):
             fail(f"task {name!r} has no shard list")
+        for key, kind in TASK_FIELDS.items():
+            if not _is(task.get(key), kind):
+                fail(f"task {name!r}: {key!r} is missing or not {_KIND_NAMES[kind]}")
         for shard in task["shards"]:
             if not isinstance(shard, dict) or any(
-                not isinstance(shard.get(key), kind) for key, kind in SHARD_FIELDS.items()
+                not _is(shard.get(key), kind) for key, kind in SHARD_FIELDS.items()
             ):
                 fail(f"task {name!r}: a shard entry lacks path/samples/bytes/sha256")
     check_manifest_entries(manifest, where)
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def _field(manifest: dict, path: str) -> object:
+    """``manifest["a"]["b"]`` for ``"a.b"``; None where a level is missing."""
+    value: object = manifest
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _is(value: object, kind: type) -> bool:
+    """isinstance, except that a JSON true/false is not a count."""
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def differences(earlier: dict, now: dict, prefix: str = "") -> str:

@@ -306,6 +306,16 @@ def _mutated(manifest: dict, change: str) -> object:
         shard["samples"] = "4"
     elif change == "twice":
         manifest["tasks"]["sr_x2"]["shards"].append(dict(shard))
+    elif change == "samples_true":
+        shard["samples"] = True
+    elif change == "no_seed":
+        manifest["params"].pop("seed")
+    elif change == "no_skipped":
+        manifest["images"].pop("skipped")
+    elif change == "task_samples_text":
+        manifest["tasks"]["sr_x2"]["samples"] = "many"
+    elif change == "no_input_size":
+        manifest["tasks"]["sr_x2"].pop("input_size")
     return manifest
 
 
@@ -320,6 +330,12 @@ def _mutated(manifest: dict, change: str) -> object:
         ("bad_sha", "has no valid sha256"),
         ("samples_text", "lacks path/samples/bytes/sha256"),
         ("twice", "listed twice"),
+        ("samples_true", "lacks path/samples/bytes/sha256"),
+        # fields that info, verify and the loader read: refused up front, not a KeyError later
+        ("no_seed", "'params.seed' is missing or not an integer"),
+        ("no_skipped", "'images.skipped' is missing or not an object"),
+        ("task_samples_text", "task 'sr_x2': 'samples' is missing or not an integer"),
+        ("no_input_size", "task 'sr_x2': 'input_size' is missing"),
     ],
 )
 def test_malformed_manifests_are_one_clear_error(shard_set, tmp_path, change, message):
@@ -329,6 +345,10 @@ def test_malformed_manifests_are_one_clear_error(shard_set, tmp_path, change, me
     (site / "manifest.json").write_text(text)
     with pytest.raises(UserError, match=f"bad manifest: .*{message}"):
         read_set_manifest(open_location(site))
+    for command in ("info", "verify"):
+        run = CliRunner().invoke(main, [command, str(site)])
+        assert run.exit_code == 1 and run.output.startswith("Error: "), run.output
+        assert "bad manifest" in run.output and "Traceback" not in run.output
     with http_server(site) as server:
         run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "dest")])
     assert run.exit_code == 1 and run.output.startswith(f"Error: {server.url}/manifest.json: bad")
