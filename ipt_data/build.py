@@ -183,6 +183,19 @@ def _load_json(location: SetLocation, relative: str) -> object:
         raise UserError(f"{location.describe(relative)}: cannot read JSON ({error})") from None
 
 
+def check_every_task_has_samples(manifest: dict) -> None:
+    """Refuse (UserError) a finished set in which a task got no sample at all (every image
+    skipped, or too small for its crop): it is complete and truthful, but nothing can train on
+    that task, and a zero exit would hide it."""
+    empty = [name for name, task in manifest["tasks"].items() if task["samples"] == 0]
+    if empty:
+        images = manifest["images"]
+        raise UserError(
+            f"the shard set holds no {', '.join(empty)} samples ({images['decoded']} of "
+            f"{images['listed']} images decoded; skipped and too-small counts above)"
+        )
+
+
 def summary_lines(result: BuildResult) -> list[str]:
     """What a finished build says: work done now, images skipped, per-task samples and bytes."""
     manifest = result.manifest

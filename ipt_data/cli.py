@@ -32,10 +32,13 @@ def sample(out: str) -> None:
 def preview(image: str, out: str, seed: int, tasks: str) -> None:
     """Render IMAGE under every task's corruption, next to the clean targets, as one PNG."""
     from ipt_data.decode import decode_image
+    from ipt_data.errors import UserError
     from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
     from ipt_data.preview import render_preview
     from ipt_data.tasks import parse_tasks
 
+    if not out.lower().endswith(".png"):
+        raise UserError(f"--out {out}: the preview is a PNG; name a .png file")
     picked = parse_tasks(tasks)
     grid = render_preview(decode_image(read_bytes(image), image), seed, picked)
     write_bytes_atomic(out, encode_image(grid, ".png"))
@@ -112,7 +115,13 @@ def build(
     no_progress: bool,
 ) -> None:
     """Build (or resume) a WebDataset shard set of the IPT tasks from an image folder."""
-    from ipt_data.build import DEFAULT_IMAGES_PER_SHARD, BuildConfig, build_shards, summary_lines
+    from ipt_data.build import (
+        DEFAULT_IMAGES_PER_SHARD,
+        BuildConfig,
+        build_shards,
+        check_every_task_has_samples,
+        summary_lines,
+    )
     from ipt_data.distributor import RayConfig
     from ipt_data.sources import open_sources
     from ipt_data.tasks import parse_tasks
@@ -121,11 +130,12 @@ def build(
         tasks=tuple(parse_tasks(tasks)),
         patches_per_image=patches_per_image,
         seed=seed,
-        images_per_shard=images_per_shard or DEFAULT_IMAGES_PER_SHARD,
+        images_per_shard=DEFAULT_IMAGES_PER_SHARD if images_per_shard is None else images_per_shard,
         ray=RayConfig(workers=workers, address=address, progress=not no_progress),
     )
     result = build_shards(open_sources(src, file_list, limit), out, config)
     click.echo("\n".join(summary_lines(result)))
+    check_every_task_has_samples(result.manifest)
 
 
 @main.command()
@@ -140,6 +150,8 @@ def verify(shards: str, workers: int | None) -> None:
     report = verify_shard_set(shards, workers)
     for name, problem in report.problems.items():
         click.echo(f"BAD {name}: {problem}")
+    for name in report.unlisted:
+        click.echo(f"UNLISTED {name}: not in the manifest (readers ignore it)")
     if not report.ok:
         raise UserError(f"{len(report.problems)} of {report.shards} shards are bad")
     click.echo(f"OK: {report.shards} shards, {report.samples} samples")

@@ -37,6 +37,10 @@ class RayConfig:
     retries: int = 2  # extra attempts of a failed or crashed task
     progress: bool = True  # bar on stderr (live on a terminal, a line per 30 s in a log)
 
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+
 
 class BuildFailed(UserError):
     """Some chunks failed after all retries; the others are complete and kept."""

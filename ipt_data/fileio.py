@@ -41,10 +41,22 @@ def read_bytes(path: str | Path) -> bytes:
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to the local file ``path`` (folders created) so that ``path`` is either
     absent or complete, never half-written; a path that cannot be written is a UserError."""
+    blocking = file_in_the_way(Path(path).absolute().parent)
+    if blocking is not None:
+        raise UserError(f"{path}: cannot write: {blocking} is a file, not a folder")
     try:
         write_whole(LocalFileSystem(), Path(path).absolute().as_posix(), data)
     except OSError as error:
         raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first existing non-folder among ``folder`` and its parents (where a folder must be
+    made or entered), or None."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def open_partial(fs: fsspec.AbstractFileSystem, final: str) -> tuple[IO[bytes], str]:

@@ -156,20 +156,11 @@ def summarize(per_image: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def _folder(folder: str | Path) -> Path:
-    path = Path(folder)
-    if not path.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    return path
-
-
 def image_files(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted; none is a :class:`UserError`."""
-    root = _folder(folder)
-    files = [root / image_id for image_id in walk_sources(root).ids]
-    if not files:
-        raise UserError(f"{folder}: no image files found")
-    return files
+    """Every image file under ``folder`` (recursively), sorted; none, or a ``folder`` that is
+    not a folder, is a :class:`UserError` (:func:`ipt_data.sources.walk_sources`)."""
+    sources = walk_sources(folder)
+    return [sources.root / image_id for image_id in sources.ids]
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -32,6 +32,7 @@ from ipt_data.errors import UserError
 from ipt_data.fileio import (
     PARTIAL_SUFFIX,
     discard_partial,
+    file_in_the_way,
     open_partial,
     publish_partial,
     write_whole,
@@ -251,7 +252,7 @@ def file_size(location: SetLocation, relative: str) -> int | None:
     """The size of ``relative`` in bytes, or None where it does not exist."""
     try:
         return location.fs.size(location.path(relative))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a folder is
         return None
 
 
@@ -296,12 +297,18 @@ def has_files(location: SetLocation) -> bool:
 
 
 def check_writable(location: SetLocation) -> None:
-    """Refuse a location that cannot be written to (http(s): read-only in fsspec)."""
+    """Refuse a location that cannot be written to: an http(s) URL (read-only in fsspec), or a
+    local path that is a file (or lies under one) rather than a folder."""
     if location.url.startswith(("http://", "https://")):
         raise UserError(
             f"{location.url}: cannot write to an http(s) URL; use a folder or s3://… (any "
             "writable fsspec URL)"
         )
+    if location.is_local:
+        blocking = file_in_the_way(Path(location.root))
+        if blocking is not None:
+            where = "it" if blocking == Path(location.root) else str(blocking)
+            raise UserError(f"{location.url}: {where} is a file; a shard set is a folder")
 
 
 def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:

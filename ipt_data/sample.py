@@ -51,10 +51,27 @@ def imagenet_like_jpegs(size: tuple[int, int] = (500, 375), quality: int = 90) -
 
 def write_sample_tree(out: str | Path, quality: int = 95) -> list[Path]:
     """Write the sample photographs (full size, JPEG) as an ImageNet-style tree
-    ``out/nXXXXXXXX/<name>.JPEG``, two photographs per class folder; returns the paths."""
-    paths = []
-    for number, (name, photo) in enumerate(sample_photographs().items()):
-        path = Path(out) / f"n{number // 2:08d}" / f"{name}.JPEG"
-        write_bytes_atomic(path, encode_image(photo, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, quality)))
-        paths.append(path)
-    return paths
+    ``out/nXXXXXXXX/<name>.JPEG``, two photographs per class folder; returns the paths.
+
+    ``out`` must be absent, empty or an earlier sample tree: writing photographs into a shard
+    set or a folder of one's own would mix them with what is there (a UserError instead)."""
+    photos = sample_photographs()
+    relative = [f"n{number // 2:08d}/{name}.JPEG" for number, name in enumerate(photos)]
+    _check_sample_folder(Path(out), set(relative))
+    for name, path in zip(photos, relative, strict=True):
+        jpeg = encode_image(photos[name], ".jpg", (cv2.IMWRITE_JPEG_QUALITY, quality))
+        write_bytes_atomic(Path(out) / path, jpeg)
+    return [Path(out) / path for path in relative]
+
+
+def _check_sample_folder(out: Path, sample_files: set[str]) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: is a file, not a folder")
+    for path in sorted(out.rglob("*")):
+        if not path.is_dir() and path.relative_to(out).as_posix() not in sample_files:
+            raise UserError(
+                f"{out}: holds other files ({path.relative_to(out)}); write the sample into a new "
+                "or empty folder"
+            )

@@ -50,9 +50,7 @@ def is_image_name(name: str) -> bool:
 
 def walk_sources(root: str | Path, limit: int | None = None) -> SourceList:
     """All image files under ``root`` (recursively), sorted by id; the first ``limit`` if given."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder")
+    root = _folder(root)
     ids, skipped = [], 0
     for folder, subfolders, files in os.walk(root, onerror=_raise_walk_error):
         subfolders.sort()  # irrelevant to the result (sorted below), keeps the walk repeatable
@@ -80,8 +78,18 @@ def read_file_list(list_path: str | Path, root: str | Path | None = None, limit:
     if len(set(ids)) != len(ids):
         raise UserError(f"{list_path}: names some images more than once")
     images = [image_id for image_id in ids if is_image_name(image_id)]
-    root = Path(root) if root is not None else list_path.parent
+    root = _folder(root) if root is not None else list_path.parent
     return _limited(root, images, len(ids) - len(images), limit)
+
+
+def _folder(path: str | Path) -> Path:
+    """``path`` as a Path, if it is a folder; else a :class:`UserError` saying what it is."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(
+            f"{path}: {'is a file, not a folder' if path.exists() else 'no such folder'}"
+        )
+    return path
 
 
 def _limited(root: Path, ids: list[str], skipped: int, limit: int | None) -> SourceList:

@@ -30,7 +30,8 @@ from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.remote import SetLocation, open_location, read_set_manifest, storage_errors
 from ipt_data.safety import check_png_header, read_samples
-from ipt_data.transfer import fetched_shard
+from ipt_data.transfer import MARKER, fetched_shard
+from ipt_data.worker import STATE_FOLDER
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class VerifyReport:
     shards: int
     samples: int
     problems: dict[str, str]  # shard path as listed -> its first problem
+    # Files in a local set that its manifest does not list (readers ignore them; not a problem,
+    # but a stray shard-named tar or a leftover .part deserves a look). Build and transfer
+    # bookkeeping (_build/, _transfer/) is not counted.
+    unlisted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -72,12 +77,16 @@ def open_shard_set(shard_set: str | Path) -> tuple[SetLocation, dict]:
     location = open_location(shard_set)
     if location.is_local and Path(location.root).name == MANIFEST_NAME:
         location = open_location(Path(location.root).parent)
+    if location.is_local and Path(location.root).is_file():
+        raise UserError(f"{shard_set}: is a file; a shard set is a folder with a manifest.json")
     with storage_errors(location.url):
         return location, read_set_manifest(location)[0]
 
 
 def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> VerifyReport:
     """Check every shard of the set at ``shard_set`` (folder or URL) against its manifest."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     location, manifest = open_shard_set(shard_set)
     checks = [
         ShardCheck(
@@ -103,7 +112,21 @@ def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> Verif
     found = {
         check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
     }
-    return VerifyReport(len(checks), sum(check.samples for check in checks), found)
+    unlisted = unlisted_files(Path(location.root), checks) if location.is_local else ()
+    return VerifyReport(len(checks), sum(check.samples for check in checks), found, unlisted)
+
+
+def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
+    """Set-relative names of the files under ``root`` that are neither the manifest, nor a
+    listed shard, nor build/transfer bookkeeping."""
+    known = {check.name for check in checks} | {MANIFEST_NAME}
+    bookkeeping = {STATE_FOLDER, MARKER.partition("/")[0]}
+    found = (path.relative_to(root).as_posix() for path in root.rglob("*") if not path.is_dir())
+    return tuple(
+        sorted(
+            name for name in found if name not in known and name.split("/")[0] not in bookkeeping
+        )
+    )
 
 
 def _map(function, items: list, workers: int, pool: type[Executor]) -> list:

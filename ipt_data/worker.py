@@ -149,6 +149,8 @@ def _read_image(path: Path, stats: ChunkStats) -> np.ndarray | None:
         return decode_image(path.read_bytes(), str(path))
     except UnreadableImage as error:
         reason = error.reason
+    except FileNotFoundError:  # listed (--files), or deleted or a dangling link since the walk
+        reason = "missing_file"
     except OSError:
         reason = "unreadable_file"
     stats.skipped[reason] = stats.skipped.get(reason, 0) + 1

@@ -229,6 +229,17 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
         (["--src", "{tree}", "--out", "{tmp}/o", "--patches-per-image", "0"], "at least 1"),
         (["--files", "{tmp}/none.txt", "--out", "{tmp}/o"], "cannot read the file list"),
         (["--src", "{tree}", "--out", "{tmp}/o", "--address", "127.0.0.1:1"], "cannot reach"),
+        # 0 used to mean "the default" (1000 per shard), negative workers reached ray.init
+        (["--src", "{tree}", "--out", "{tmp}/o", "--images-per-shard", "0"], "at least 1, got 0"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--workers", "0"], "--workers must be at least"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--workers", "-1"], "--workers must be at least"),
+        (["--src", "{tree}", "--out", "{tmp}/o", "--limit", "-1"], "--limit must be at least 1"),
+        # a file where the output folder (or one of its parents) should be: was a traceback
+        (["--src", "{tree}", "--out", "{file}"], "it is a file; a shard set is a folder"),
+        (["--src", "{tree}", "--out", "{file}/o"], "file; a shard set is a folder"),
+        (["--src", "{file}", "--out", "{tmp}/o"], "is a file, not a folder"),
+        # --files with a --src that is not a folder: every image would be skipped as missing
+        (["--src", "{tmp}/missing", "--files", "{list}", "--out", "{tmp}/o"], "no such folder"),
     ],
 )
 def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, message):
@@ -236,11 +247,14 @@ def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, messa
 
     from ipt_data.cli import main
 
-    filled = [arg.format(tmp=tmp_path, tree=tree) for arg in arguments]
+    (tmp_path / "a_file").write_bytes(b"not a folder")
+    (tmp_path / "list.txt").write_text("n00000000/astronaut.JPEG\n")
+    file, listed = tmp_path / "a_file", tmp_path / "list.txt"
+    filled = [arg.format(tmp=tmp_path, tree=tree, file=file, list=listed) for arg in arguments]
     result = CliRunner().invoke(main, ["build", *filled])
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and file.read_bytes() == b"not a folder"
 
 
 def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
@@ -265,3 +279,28 @@ def first_sample_source(path: Path) -> str:
 
     dataset = wds.WebDataset([str(path)], shardshuffle=False).decode()
     return next(iter(dataset))["json"]["source"]
+
+
+def test_missing_listed_images_are_counted_and_an_empty_task_fails(ray_instance, tree, tmp_path):
+    """A --files list naming a missing image counts it as missing_file; a task that gets no
+    sample at all (the one image is too small for sr_x4) fails the command after the complete
+    manifest is written (exit 0 hid it before)."""
+    from click.testing import CliRunner
+
+    from ipt_data.cli import main
+
+    listed = tmp_path / "list.txt"
+    listed.write_text("n99999999/tiny.jpg\nn00000000/gone.JPEG\n")
+    out = tmp_path / "set"
+    options = ["--tasks", "derain,sr_x4", "--patches-per-image", "1", "--no-progress"]
+    command = ["build", "--src", str(tree), "--files", str(listed), "--out", str(out), *options]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: the shard set holds no sr_x4 samples (1 of 2 images decoded; skipped and "
+        "too-small counts above)"
+    )
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    assert manifest["images"] == {"listed": 2, "decoded": 1, "skipped": {"missing_file": 1}}
+    assert manifest["tasks"]["sr_x4"]["too_small"] == 1
+    assert manifest["tasks"]["derain"]["samples"] == 1

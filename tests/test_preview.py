@@ -60,6 +60,8 @@ def test_preview_rows_hold_the_real_corruption(sample_photos):
         (("preview", "/no/such/file.JPEG", "-o", "x.png"), "no such file"),
         (("preview", __file__, "-o", "x.png"), "unreadable image (not_an_image)"),
         (("preview", __file__, "-o", "x.png", "--tasks", "sr_x9"), "unknown task 'sr_x9'"),
+        # wrote PNG bytes under a .jpg name before
+        (("preview", __file__, "-o", "x.jpg"), "the preview is a PNG; name a .png file"),
     ],
 )
 def test_bad_input_is_one_clear_error(args, message, tmp_path):
@@ -67,4 +69,20 @@ def test_bad_input_is_one_clear_error(args, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0  # one line
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
+
+
+def test_outputs_in_the_wrong_place_are_one_clear_error(sample_tree, tmp_path):
+    """preview under a file, and sample into a folder holding other files (a shard set, say),
+    are refused with one line and write nothing; sample into an earlier sample tree is fine."""
+    (tmp_path / "blocker").write_bytes(b"a file")
+    image = sample_tree / "n00000000" / "astronaut.JPEG"
+    result = run_cli("preview", str(image), "-o", str(tmp_path / "blocker" / "x.png"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "blocker is a file, not a folder" in result.stderr  # was "File exists"
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "manifest.json").write_text("{}")
+    result = run_cli("sample", str(tmp_path / "set"))
+    assert result.returncode == 1 and "holds other files (manifest.json)" in result.stderr
+    assert sorted(path.name for path in (tmp_path / "set").iterdir()) == ["manifest.json"]
+    assert run_cli("sample", str(sample_tree)).returncode == 0

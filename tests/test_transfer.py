@@ -217,6 +217,17 @@ def test_pull_refuses_a_folder_holding_other_files(server, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.txt"]
 
 
+@pytest.mark.parametrize("where", ["file", "file/below"])
+def test_a_destination_that_is_a_file_is_one_clear_error(shard_set, tmp_path, where):
+    """push and pull into a file, or a path under one (a NotADirectoryError traceback before)."""
+    (tmp_path / "file").write_bytes(b"mine")
+    for command in (["push", str(shard_set)], ["pull", str(shard_set)]):
+        run = CliRunner().invoke(main, [*command, str(tmp_path / where)])
+        assert run.exit_code != 0 and "Traceback" not in run.output, run.output
+        assert "is a file" in run.output
+    assert (tmp_path / "file").read_bytes() == b"mine"
+
+
 def test_push_refuses_http(shard_set):
     with pytest.raises(UserError, match="cannot write to an http"):
         push(shard_set, "http://127.0.0.1:9/set")

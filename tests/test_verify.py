@@ -98,3 +98,40 @@ def test_bad_manifest_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["info", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "no manifest" in result.output
+
+
+def test_unlisted_files_are_named_but_do_not_fail_the_set(shard_set, tmp_path):
+    """A stray shard-named tar, a leftover .part and other files are reported (silently ignored
+    before); the build's own bookkeeping is not."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_set, copy)
+    shutil.copy(copy / "sr_x2/sr_x2-000000.tar", copy / "sr_x2/sr_x2-000099.tar")
+    (copy / "denoise_30/.denoise_30-000000.tar.0123.part").write_bytes(b"half")
+    (copy / "NOTES").write_text("mine")
+    result = CliRunner().invoke(main, ["verify", str(copy), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[1] for line in result.output.splitlines() if "UNLISTED" in line] == [
+        "NOTES:",
+        "denoise_30/.denoise_30-000000.tar.0123.part:",
+        "sr_x2/sr_x2-000099.tar:",
+    ]
+    assert result.output.splitlines()[-1] == "OK: 6 shards, 12 samples"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1, got 0"),  # -1 was a traceback
+        (["--workers", "-1"], "--workers must be at least 1, got -1"),
+    ],
+)
+def test_verify_bad_arguments_are_one_clear_error(shard_set, arguments, message):
+    result = CliRunner().invoke(main, ["verify", str(shard_set), *arguments])
+    assert result.exit_code == 1 and result.output == f"Error: {message}\n"
+
+
+def test_verify_and_info_of_a_file_are_one_clear_error(tmp_path):
+    (tmp_path / "a_file").write_bytes(b"x")
+    for command in ("verify", "info"):
+        result = CliRunner().invoke(main, [command, str(tmp_path / "a_file")])
+        assert result.exit_code == 1 and "is a file; a shard set is a folder" in result.output
