@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ipt_data.errors import UserError
+from ipt_data.tasks import Task, get_task
 from ipt_train.losses import supcon_of_anchors
 from ipt_train.model import IPT, PRESETS, IPTConfig
-from ipt_train.restore import blend_scores
+from ipt_train.restore import blend_scores, pick_device
 from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
 
 # Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
@@ -39,6 +40,9 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.0, "fp32": 67.0},
     "A100": {"bf16": 312.0, "fp32": 19.5},
 }
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,24 @@ class BenchConfig:
     tile_batch: int = 64
     overlap: int = 24
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        """Bad settings are one UserError here, before any model is built or timed."""
+        if self.amp not in AMP_DTYPES:
+            raise UserError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
+        for name, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("threads", 0)):
+            if getattr(self, name) < least:
+                raise UserError(f"--{name} must be at least {least}, got {getattr(self, name)}")
+        if self.tiled_size < 0:
+            raise UserError(
+                f"--tiled-size must be 0 (skip) or a side in pixels, not {self.tiled_size}"
+            )
+        if not 0 <= self.slot < self.model.n_tasks:
+            raise UserError(f"--slot {self.slot} out of range for scales {self.model.scales}")
+        self.tiles()  # checks overlap and tile batch
+
+    def tiles(self) -> TileConfig:
+        return TileConfig(tile=self.model.patch_size, overlap=self.overlap, batch=self.tile_batch)
 
 
 class OfficialIPT(torch.nn.Module):
@@ -109,7 +131,7 @@ class Runner:
         self.peak_cuda = 0
 
     def _autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.bench.amp)
+        dtype = AMP_DTYPES[self.bench.amp]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def forward(self) -> None:
@@ -193,8 +215,7 @@ def figures(prefix: str, runner: Runner, batch: int) -> dict:
 
 def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device) -> dict:
     """Tiles/s and ms per input megapixel of tiled inference on a random image."""
-    scale = bench.model.scales[bench.slot]
-    tiles = TileConfig(tile=bench.model.patch_size, overlap=bench.overlap, batch=bench.tile_batch)
+    scale, tiles = bench.model.scales[bench.slot], bench.tiles()
     image = torch.rand(3, bench.tiled_size, bench.tiled_size, device=device) * 255
     count = _count_tiles(bench.tiled_size, tiles)
     model.eval()
@@ -213,7 +234,8 @@ def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device
 
 
 def _count_tiles(size: int, tiles: TileConfig) -> int:
-    return len(tile_starts(size, tiles.tile, tiles.overlap)) ** 2
+    """Tiles of a size x size image (one smaller than a tile is padded to one tile)."""
+    return len(tile_starts(max(size, tiles.tile), tiles.tile, tiles.overlap)) ** 2
 
 
 def paired_ratios(ours: Runner, official: Runner) -> dict:
@@ -232,7 +254,7 @@ def paired_ratios(ours: Runner, official: Runner) -> dict:
 
 def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -> dict:
     """Build the model(s), time them, return the figures as one flat dict."""
-    device = torch.device(bench.device)
+    device = pick_device(bench.device)
     if bench.threads:
         torch.set_num_threads(bench.threads)
     torch.manual_seed(0)
@@ -357,14 +379,15 @@ def bench_from_options(
 ) -> dict:
     """The ``ipt-train bench`` command's work: timings, or with ``compare_blends`` the Set5
     scores of both tile blends for a trained checkpoint."""
+    task = get_task(task_name)
     if compare_blends:
-        return _blend_figures(compare_blends, ckpt, task_name, timing)
+        return _blend_figures(compare_blends, ckpt, task, timing)
+    if preset not in PRESETS:
+        raise UserError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
     try:
         cfg = PRESETS[preset](scales=parse_scales(scales))
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not 0 <= timing["slot"] < cfg.n_tasks:
-        raise UserError(f"--slot {timing['slot']} out of range for scales {cfg.scales}")
     official = timing.pop("official")
     bench = BenchConfig(
         model=cfg,
@@ -375,11 +398,13 @@ def bench_from_options(
     return run_bench(bench, log)
 
 
-def _blend_figures(folder: str, ckpt: str | None, task_name: str, timing: dict) -> dict:
+def _blend_figures(folder: str, ckpt: str | None, task: Task, timing: dict) -> dict:
     if not ckpt:
         raise UserError("--compare-blends needs --ckpt: randomly initialised weights rank nothing")
+    if task.scale == 1:
+        raise UserError(f"--compare-blends scores SR tasks on Set5-style folders, not {task.name}")
     tiles = TileConfig(overlap=timing["overlap"], batch=timing["tile_batch"])
-    scores = blend_scores(ckpt, task_name, folder, tiles, timing["device"])
+    scores = blend_scores(ckpt, task.name, folder, tiles, timing["device"])
     return {
         f"{blend}_{name}": value for blend, row in scores.items() for name, value in row.items()
     }

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import math
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,13 +54,29 @@ def load_weights_only(path: str | Path):
     """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
     never pickled objects; a missing, corrupt or foreign file is one :class:`UserError`."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({_load_failure(error)})"
+        ) from None
+
+
+def _load_failure(error: Exception) -> str:
+    """A short reason for a failed ``torch.load``: torch's own messages run to paragraphs, carry
+    terminal escape codes and suggest ``weights_only=False``, which this loader never does."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects, not only tensors; those are never loaded"
+    if isinstance(error, EOFError | OSError) or re.search("central directory|EOF|corrupt", text):
+        return "truncated or corrupt file"
+    return f"not a PyTorch file: {type(error).__name__}"
 
 
 def strip_wrapper_prefixes(state: StateDict) -> StateDict:
@@ -119,7 +136,7 @@ def _tail_scale(state: StateDict, slot: int, n_feats: int) -> int:
 def build_model(state: StateDict, config: dict | None = None, num_heads: int | None = None) -> IPT:
     """An IPT holding ``state`` (loaded strictly; the model takes over its float32 tensors, no
     copy); ``num_heads`` overrides the saved config."""
-    heads = num_heads or (config or {}).get("num_heads", 12)
+    heads = num_heads if num_heads is not None else (config or {}).get("num_heads", 12)
     cfg = config_from_state_dict(state, num_heads=heads)
     with torch.device("meta"):  # no random init of weights that are overwritten at once
         model = IPT(cfg)

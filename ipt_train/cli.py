@@ -15,16 +15,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--ckpt", required=True, type=click.Path(dir_okay=False), help="Official or our checkpoint."
-)
+# Paths and names are checked by the command's own code (one `Error:` line), not by click.
+@click.option("--ckpt", required=True, type=click.Path(), help="Official or our checkpoint.")
 @click.option("--task", "task_name", required=True, help="Task to run, e.g. sr_x2, denoise_30.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output folder.")
 @click.option("--overlap", default=24, show_default=True, help="Input pixels shared by tiles.")
-@click.option(
-    "--blend", type=click.Choice(["uniform", "distance"]), default="uniform", show_default=True
-)
+@click.option("--blend", default="uniform", show_default=True, help="uniform or distance.")
 @click.option("--tile-batch", default=64, show_default=True, help="Tiles per forward pass.")
 @click.option("--self-ensemble", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -42,22 +39,24 @@ def restore(
 
 
 @main.command()
-@click.option("--preset", type=click.Choice(["ipt-full", "ipt-tiny"]), default="ipt-full")
+@click.option(
+    "--config", "--preset", "preset", default="ipt-full", show_default=True, help="ipt-full|tiny."
+)
 @click.option("--scales", default="2+3+4+1+1+1", show_default=True, help="Task layout, '+'-joined.")
 @click.option("--batch", default=4, show_default=True)
 @click.option("--slot", default=0, show_default=True, help="Task slot the steps run.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--steps", default=5, show_default=True, help="Timed steps (median reported).")
 @click.option("--warmup", default=1, show_default=True)
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none")
+@click.option("--amp", default="none", show_default=True, help="none, bf16 or fp16 autocast.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our model.")
-@click.option("--official", type=click.Path(file_okay=False), help="Official IPT checkout.")
+@click.option("--official", type=click.Path(), help="Official IPT checkout (its model/).")
 @click.option("--tiled-size", default=256, show_default=True, help="Tiled image side; 0 skips.")
 @click.option("--tile-batch", default=64, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="CPU threads (0: torch default).")
 @click.option("--overlap", default=24, show_default=True)
-@click.option("--compare-blends", type=click.Path(file_okay=False), help="Set5-style folder.")
-@click.option("--ckpt", type=click.Path(dir_okay=False), help="Checkpoint for --compare-blends.")
+@click.option("--compare-blends", type=click.Path(), help="Set5-style folder.")
+@click.option("--ckpt", type=click.Path(), help="Checkpoint for --compare-blends.")
 @click.option("--task", "task_name", default="sr_x2", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(**options):

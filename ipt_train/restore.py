@@ -47,8 +47,12 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
 
 
 def pick_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; asking for a GPU that is not there is a UserError."""
-    device = torch.device(name)
+    """``cpu``, ``cuda`` or ``cuda:N``; a malformed name, or a GPU that is not there, is a
+    UserError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU")
     return device
@@ -74,9 +78,16 @@ def restore_files(
     num_heads: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Restore every input image with the checkpoint's ``task_name`` slot; returns the outputs."""
+    """Restore every input image with the checkpoint's ``task_name`` slot; returns the outputs.
+
+    Everything a user can get wrong (task, inputs, output folder, device, checkpoint, an
+    unreadable image among the inputs) is found before the first output is written, so a failed
+    call leaves no partial set of outputs behind."""
     task = get_task(task_name)
     jobs = collect_inputs(inputs)
+    _check_output_folder(Path(out_dir))
+    for source, _ in jobs:  # decoding is cheap next to the model: fail before writing anything
+        decode_image(read_bytes(source), str(source))
     model = load_model(checkpoint, num_heads).to(pick_device(device))
     slot = slot_for_task(model.cfg, task)
     tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
@@ -89,6 +100,13 @@ def restore_files(
         write_bytes_atomic(Path(out_dir) / name, encode_image(restored, ".png"))
         written.append(Path(out_dir) / name)
     return written
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """The output folder, or its nearest existing ancestor, must be a folder."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{out_dir}: cannot be the output folder, {existing} is a file")
 
 
 def blend_scores(

@@ -32,11 +32,12 @@ def test_bench_reports_timings_flops_and_tiled_speed():
 
 
 def test_bench_cli_prints_one_json_object():
-    args = ["bench", "--preset", "ipt-tiny", "--scales", "2", "--batch", "1", "--steps", "1"]
-    result = CliRunner().invoke(main, [*args, "--tiled-size", "0", "--json"])
+    args = ["bench", "--config", "ipt-tiny", "--scales", "2", "--batch", "1", "--steps", "1"]
+    result = CliRunner().invoke(main, [*args, "--tiled-size", "20", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["scales"] == [2] and figures["train_step_s"] > 0
+    assert figures["tiles"] == 1 and figures["tiles_per_s"] > 0  # smaller than a tile: padded
     assert "official_train_step_s" not in figures
 
 
@@ -48,12 +49,24 @@ def test_bench_cli_prints_one_json_object():
         (["--scales", "5"], "scales must be"),
         (["--slot", "3", "--scales", "2"], "--slot 3 out of range"),
         (["--compare-blends", "."], "needs --ckpt"),
+        (["--compare-blends", ".", "--ckpt", "x.pt", "--task", "derain"], "scores SR tasks"),
+        (["--config", "ipt-huge"], "unknown model preset 'ipt-huge'"),
+        (["--task", "sr_x5"], "unknown task 'sr_x5'"),
+        (["--amp", "fp32"], "unknown --amp 'fp32'"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--threads", "-1"], "--threads must be at least 0"),
+        (["--tiled-size", "-5"], "--tiled-size must be 0"),
+        (["--overlap", "48"], "overlap must be in 0..47"),
+        (["--device", "gpu0"], "unknown device 'gpu0'"),
+        (["--official", __file__], "no model/ipt.py here"),
     ],
 )
 def test_bench_user_errors(args, message):
+    """One `Error:` line, exit 1, before any model is built or timed."""
     result = CliRunner().invoke(main, ["bench", "--preset", "ipt-tiny", "--steps", "1", *args])
     assert result.exit_code == 1 and message in result.output, result.output
-    assert "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
 
 
 def test_parse_scales():

@@ -93,3 +93,53 @@ def test_bad_checkpoint_and_missing_input_are_clear_errors(checkpoints, inputs, 
     missing = inputs / "nope.png"
     result = run("--ckpt", checkpoints / "tiny6.pt", "--task", "sr_x2", missing, "-o", tmp_path)
     assert result.exit_code == 1 and "nope.png: no such file or folder" in result.output
+
+
+def one_error_line(result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert message in result.output, result.output
+
+
+def test_user_errors_are_one_line_before_any_output_is_written(checkpoints, inputs, tmp_path):
+    """Every input is checked before the first image is written: an unreadable image after
+    good ones leaves no outputs; a file given as the output folder is our error, not click's."""
+    ckpt = checkpoints / "tiny6.pt"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = run("--ckpt", ckpt, "--task", "sr_x2", inputs / "set", bad, "-o", out)
+    one_error_line(result, "bad.png: unreadable image (not_an_image)")
+    assert not out.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for target in (a_file, a_file / "sub"):
+        result = run("--ckpt", ckpt, "--task", "sr_x2", inputs / "single.png", "-o", target)
+        one_error_line(result, f"cannot be the output folder, {a_file} is a file")
+    for option, value, message in [
+        ("--device", "gpu0", "unknown device 'gpu0'"),
+        ("--blend", "max", "unknown blend 'max'"),
+        ("--ckpt", inputs, "a folder, not a checkpoint file"),
+    ]:
+        args = ("--ckpt", ckpt, "--task", "sr_x2", option, value, inputs / "single.png")
+        one_error_line(run(*args, "-o", out), message)
+    assert not out.exists()
+
+
+def test_checkpoints_that_cannot_be_used_are_one_line_errors(checkpoints, inputs, tmp_path):
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # loads only with weights_only=False
+    foreign = tmp_path / "foreign.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    out = tmp_path / "out"
+    for ckpt, message in [
+        (pickled, "holds pickled Python objects"),
+        (foreign, "not an IPT state_dict"),
+        (text, "not a PyTorch file"),
+    ]:
+        result = run("--ckpt", ckpt, "--task", "sr_x2", inputs / "single.png", "-o", out)
+        one_error_line(result, f"{ckpt.name}: ")
+        assert message in result.output
+    assert not out.exists()

@@ -32,7 +32,7 @@ class IPTConfig:
             raise ValueError(f"scales must be a non-empty tuple of 1, 2, 3 or 4, got {self.scales}")
         if self.patch_size % self.patch_dim:
             raise ValueError(f"patch_size {self.patch_size} is not a multiple of {self.patch_dim}")
-        if self.embed_dim % self.num_heads:
+        if self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise ValueError(
                 f"token width {self.embed_dim} not divisible by {self.num_heads} heads"
             )
