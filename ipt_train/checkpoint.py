@@ -253,3 +253,34 @@ def _save_atomic(content, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(content, buffer)
     write_bytes_atomic(path, buffer.getbuffer())
+
+
+def convert_checkpoint(
+    source: str | Path,
+    dest: str | Path,
+    task: Task | None = None,
+    into: str | Path | None = None,
+    num_heads: int | None = None,
+) -> IPTConfig:
+    """Write ``source`` (official or ours) to ``dest`` as the official files are: a plain
+    state_dict. With ``task``, only that task's slot, as a single-task checkpoint (what
+    ``IPT_sr2.pt`` is to ``IPT_pretrain.pt``); with ``into`` too, the single-task ``source`` put
+    back at that task's slot of the multi-task checkpoint ``into``. Returns the written layout."""
+    model = load_model(source, num_heads)
+    state = official_state_dict(model)
+    if into is not None:
+        if task is None:
+            raise UserError("--into needs --task: the slot to put the single-task model at")
+        base = load_model(into, num_heads)
+        if model.cfg.n_tasks != 1:
+            raise UserError(f"{source}: a {model.cfg.n_tasks}-task model; --into takes one task")
+        state = to_multi_task(
+            to_single_task(state, slot_for_task(model.cfg, task)),
+            slot_for_task(base.cfg, task),
+            official_state_dict(base),
+        )
+    elif task is not None:
+        state = to_single_task(state, slot_for_task(model.cfg, task))
+    cfg = build_model(state, num_heads=model.cfg.num_heads).cfg  # the result loads strictly
+    _save_atomic(state, dest)
+    return cfg

@@ -75,6 +75,23 @@ def bench(**options):
             click.echo(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
 
 
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(), help="Checkpoint file to write.")
+@click.option("--task", "task_name", help="Keep only this task's slot (single-task output).")
+@click.option("--into", type=click.Path(), help="Multi-task checkpoint to put --task's slot in.")
+@click.option("--num-heads", type=int, default=None, help="Attention heads, if not 12 nor saved.")
+def convert(source, out, task_name, into, num_heads):
+    """Write SOURCE (official or ours) in the official layout: a plain state_dict, optionally
+    one task's slot only, or a single-task model put back into a multi-task one."""
+    from ipt_data.tasks import get_task
+    from ipt_train.checkpoint import convert_checkpoint
+
+    task = get_task(task_name) if task_name else None
+    cfg = convert_checkpoint(source, out, task, into, num_heads)
+    click.echo(f"wrote {out}: official layout, task scales {'+'.join(map(str, cfg.scales))}")
+
+
 def training_options(steps, batch, lr, lr_after, every, supcon=0.1):
     """The options every training command shares (defaults differ by command)."""
     options = [

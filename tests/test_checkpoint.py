@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import get_task
@@ -17,6 +18,7 @@ from ipt_train.checkpoint import (
     to_multi_task,
     to_single_task,
 )
+from ipt_train.cli import main
 from ipt_train.model import IPT, ipt_tiny
 
 
@@ -125,3 +127,32 @@ def test_corrupt_foreign_and_misfit_files_are_user_errors(tiny6, tmp_path):
     torch.save(state, misshapen)
     with pytest.raises(UserError, match="does not fit the IPT layout"):
         load_model(misshapen, num_heads=4)
+
+
+def test_convert_command_exports_splits_and_merges(tiny6, tmp_path):
+    """``ipt-train convert``: ours -> official plain state_dict; one task's slot -> single-task;
+    that single-task file back into a 6-task base gives the original weights."""
+
+    def convert(*args):
+        return CliRunner().invoke(main, ["convert", *map(str, args)])
+
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(ours, tiny6, step=3)
+    result = convert(ours, "-o", tmp_path / "official.pt")
+    assert result.exit_code == 0, result.output
+    official = torch.load(tmp_path / "official.pt", weights_only=True)
+    assert list(official) == list(tiny6.state_dict())  # a plain state_dict, nothing else
+    assert convert(ours, "-o", tmp_path / "sr3.pt", "--task", "sr_x3").exit_code == 0
+    single = load_model(tmp_path / "sr3.pt", num_heads=4)
+    assert single.cfg.scales == (3,) and torch.equal(outputs(single, 0), outputs(tiny6, 1))
+    merged = tmp_path / "merged.pt"
+    torch.manual_seed(9)
+    save_checkpoint(tmp_path / "base.pt", IPT(ipt_tiny()))
+    args = ("--task", "sr_x3", "--into", tmp_path / "base.pt", "--num-heads", 4)
+    assert convert(tmp_path / "sr3.pt", "-o", merged, *args).exit_code == 0
+    back = load_model(merged, num_heads=4)
+    assert torch.equal(outputs(back, 1), outputs(tiny6, 1))
+    assert not torch.equal(outputs(back, 0), outputs(tiny6, 0))  # other slots: the base's
+    result = convert(tmp_path / "sr3.pt", "-o", tmp_path / "x.pt", "--task", "sr_x2")
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    assert "task sr_x2 needs a x2 model" in result.output and not (tmp_path / "x.pt").exists()
