@@ -118,3 +118,24 @@ def test_bad_tile_settings_are_user_errors():
         TileConfig(blend="max")
     with pytest.raises(UserError, match="overlap"):
         TileConfig(overlap=48)
+
+
+class BatchRecorder(NearestUpscale):
+    """Records the number of tiles in every forward call."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__(scale)
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor, slot: int) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return super().forward(x, slot)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_model_never_sees_more_than_the_tile_batch(ensemble):
+    """The model's memory is bounded by the tile batch, whatever the image size: 130x101 at
+    overlap 24 is 5x4 = 20 tiles, run as 7 + 7 + 6 (each 8 times over with self-ensemble)."""
+    op = BatchRecorder(2)
+    restore_tiled(op, image(101, 130), 0, 2, TileConfig(batch=7, self_ensemble=ensemble))
+    assert op.sizes == [7] * (8 if ensemble else 1) * 2 + [6] * (8 if ensemble else 1)
