@@ -12,6 +12,7 @@ shards, done-markers and manifest (last) to the object store, and a rerun resume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ipt_data.remote import (
     read_bytes,
     read_many,
     remove_partials,
+    sole_writer,
     storage_errors,
     write_bytes,
 )
@@ -95,18 +97,18 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
     start = time.perf_counter()
     claim_output(location, identity, check_only=True)
     jobs = _chunk_jobs(sources, location, config)
-    done = set(list_names(location, STATE_FOLDER))
-    pending = [job for job in jobs if stats_name(job.index).rpartition("/")[2] not in done]
-    fresh = []
-    if pending:
-        with ray_session(config.ray):  # connected before anything is written
-            claim_output(location, identity)
-            fresh = run_chunks(pending, config.ray)
-    # Every chunk is done: what killed or retried workers left half-written can go.
-    for task in config.tasks:
-        remove_partials(location, task.name)
-    manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
-    write_bytes(location, MANIFEST_NAME, dumps(manifest))
+    # Ray is connected before anything is written; the output is this process's alone from the
+    # claim to the manifest (another build's partial files must not be swept up as leftovers).
+    needs_ray = bool(_pending(location, jobs))
+    with ray_session(config.ray) if needs_ray else contextlib.nullcontext(), sole_writer(location):
+        claim_output(location, identity)
+        pending = _pending(location, jobs)  # again: a build that held the place may have ended
+        fresh = run_chunks(pending, config.ray) if pending else []
+        # Every chunk is done: what killed or retried workers left half-written can go.
+        for task in config.tasks:
+            remove_partials(location, task.name)
+        manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
+        write_bytes(location, MANIFEST_NAME, dumps(manifest))
     return BuildResult(
         manifest=manifest,
         manifest_path=location.describe(MANIFEST_NAME),
@@ -117,6 +119,12 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
         worker_cpu_seconds=sum(stats.cpu_seconds for stats in fresh),
         seconds=time.perf_counter() - start,
     )
+
+
+def _pending(location: SetLocation, jobs: list[ChunkJob]) -> list[ChunkJob]:
+    """The jobs whose chunk has no stats file (done-marker) yet."""
+    done = set(list_names(location, STATE_FOLDER))
+    return [job for job in jobs if stats_name(job.index).rpartition("/")[2] not in done]
 
 
 def claim_output(location: SetLocation, identity: dict, *, check_only: bool = False) -> bool:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from ipt_data import __version__
-from ipt_data.errors import UserErrorGroup
+from ipt_data.errors import UserErrorGroup, interrupted_then
+
+# What an interrupted build or transfer leaves, and how to go on (Error: interrupted; ...).
+CHUNKS_KEPT = "the chunks finished so far are kept, no manifest was written: rerun to resume"
+SHARDS_KEPT = "the shards copied so far are kept, no manifest was written: rerun to resume"
 
 
 @click.group(cls=UserErrorGroup)
@@ -133,7 +137,8 @@ def build(
         images_per_shard=DEFAULT_IMAGES_PER_SHARD if images_per_shard is None else images_per_shard,
         ray=RayConfig(workers=workers, address=address, progress=not no_progress),
     )
-    result = build_shards(open_sources(src, file_list, limit), out, config)
+    with interrupted_then(CHUNKS_KEPT):
+        result = build_shards(open_sources(src, file_list, limit), out, config)
     click.echo("\n".join(summary_lines(result)))
     check_every_task_has_samples(result.manifest)
 
@@ -193,7 +198,10 @@ def pull(
     from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import pull as pull_set
 
-    result = pull_set(url, dest, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS)
+    with interrupted_then(SHARDS_KEPT):
+        result = pull_set(
+            url, dest, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS
+        )
     click.echo(summary_line(result))
 
 
@@ -209,7 +217,10 @@ def push(
     from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import push as push_set
 
-    result = push_set(src, url, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS)
+    with interrupted_then(SHARDS_KEPT):
+        result = push_set(
+            src, url, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS
+        )
     click.echo(summary_line(result))
 
 

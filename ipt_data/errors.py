@@ -8,6 +8,9 @@ status 1 instead of a traceback. Programming errors still raise normally.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 
 
@@ -26,11 +29,38 @@ class UnreadableImage(UserError):
         super().__init__(f"{message}: {detail}" if detail else message)
 
 
+class Interrupted(UserError):
+    """The user stopped the command (Ctrl-C, SIGINT); exits with 128 + SIGINT as shells do."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def interrupted_then(what_now: str) -> Iterator[None]:
+    """Turn Ctrl-C under this block into :class:`Interrupted` saying ``what_now`` (what was
+    kept, how to go on)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {what_now}") from None
+
+
 class UserErrorGroup(click.Group):
-    """A click group whose commands report :class:`UserError` as ``Error: ...`` with exit 1."""
+    """A click group whose commands report :class:`UserError` as ``Error: ...`` with exit 1
+    (:class:`Interrupted`, and a Ctrl-C not handled by the command: ``Error: interrupted...``
+    with exit 130) instead of a traceback or click's bare ``Aborted!``."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _click_error(Interrupted("interrupted")) from None
         except UserError as error:
-            raise click.ClickException(str(error)) from None
+            raise _click_error(error) from None
+
+
+def _click_error(error: UserError) -> click.ClickException:
+    """The click exception that prints ``Error: <message>`` and exits with the error's code."""
+    failure = click.ClickException(str(error))
+    failure.exit_code = getattr(error, "exit_code", failure.exit_code)
+    return failure

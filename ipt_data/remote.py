@@ -17,8 +17,10 @@ move of a complete object is a copy of it).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -294,6 +296,40 @@ def has_files(location: SetLocation) -> bool:
             return bool(location.fs.ls(location.root, detail=False))
         except (FileNotFoundError, NotADirectoryError):
             return location.fs.isfile(location.root)
+
+
+@contextlib.contextmanager
+def sole_writer(location: SetLocation) -> Iterator[None]:
+    """Hold a local set's folder (created if need be) for this process alone while the block
+    runs: a second build or transfer into the same folder is refused with a UserError instead
+    of the two sweeping up each other's temporary files.
+
+    The lock is ``flock`` on the folder itself, so it adds no file to the set and the kernel
+    releases it however the process ends (a killed build leaves nothing to clean up). Object
+    stores have no such lock: there, keeping writers apart is the user's job. A filesystem
+    that does not support the lock (some network mounts) runs unlocked, as before.
+    """
+    if not location.is_local:
+        yield
+        return
+    try:
+        Path(location.root).mkdir(parents=True, exist_ok=True)
+        folder = os.open(location.root, os.O_RDONLY)
+    except OSError as error:
+        raise UserError(f"{location.url}: cannot make or open the folder ({error})") from None
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{location.url} is in use by another ipt-data build or transfer; wait for it "
+                "to finish (then rerun to resume), or choose another place"
+            ) from None
+        except OSError:
+            pass  # no flock here: unlocked, as documented
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def check_writable(location: SetLocation) -> None:

@@ -52,6 +52,7 @@ from ipt_data.remote import (
     publish,
     read_set_manifest,
     remove_partials,
+    sole_writer,
     storage_errors,
     write_bytes,
 )
@@ -144,20 +145,34 @@ def copy_set(
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     check_writable(dest)
     with storage_errors(f"{source.url} -> {dest.url}"):
-        return _copy_selected(source, dest, selection, progress, jobs)
+        plan = plan_copy(source, selection)  # a bad source or selection creates no folder
+        with sole_writer(dest):
+            return _copy_planned(source, dest, plan, progress, jobs)
 
 
-def _copy_selected(
-    source: SetLocation, dest: SetLocation, selection: Selection, progress: bool, jobs: int
-) -> TransferResult:
+@dataclass(frozen=True)
+class CopyPlan:
+    shards: list[dict]  # the selected manifest entries, in copy order
+    origin: str  # the source as the destination's marker and subset manifest name it
+    manifest_bytes: bytes  # the destination's manifest, written last
+
+
+def plan_copy(source: SetLocation, selection: Selection) -> CopyPlan:
+    """What a copy of ``selection`` of ``source`` writes: its shards and the manifest (the
+    source's own bytes for a complete copy, a subset manifest otherwise)."""
     manifest, manifest_bytes = read_set_manifest(source)
     chosen = select_shards(manifest, selection)
     everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]
     origin = source.root if source.is_local else source.url
-    if sorted(_paths(chosen)) == sorted(_paths(everything)):
-        out_bytes = manifest_bytes
-    else:
-        out_bytes = _dumps(subset_manifest(manifest, manifest_bytes, origin, selection))
+    if sorted(_paths(chosen)) != sorted(_paths(everything)):
+        manifest_bytes = _dumps(subset_manifest(manifest, manifest_bytes, origin, selection))
+    return CopyPlan(chosen, origin, manifest_bytes)
+
+
+def _copy_planned(
+    source: SetLocation, dest: SetLocation, plan: CopyPlan, progress: bool, jobs: int
+) -> TransferResult:
+    chosen, origin, out_bytes = plan.shards, plan.origin, plan.manifest_bytes
     _claim_destination(dest, origin, out_bytes)
     for folder in sorted({shard["path"].rpartition("/")[0] for shard in chosen} - {""}):
         remove_partials(dest, folder)

@@ -304,3 +304,15 @@ def test_missing_listed_images_are_counted_and_an_empty_task_fails(ray_instance,
     assert manifest["images"] == {"listed": 2, "decoded": 1, "skipped": {"missing_file": 1}}
     assert manifest["tasks"]["sr_x4"]["too_small"] == 1
     assert manifest["tasks"]["derain"]["samples"] == 1
+
+
+def test_an_output_in_use_by_another_build_is_refused(ray_instance, tree, tmp_path):
+    """A second build into a folder that a running build (another process) holds is one clear
+    error and writes nothing; two builds there used to delete each other's partial shards."""
+    from test_data_cli_errors import held_by_another_process
+
+    out = tmp_path / "busy"
+    config = _config(workers=1, tasks=(TASKS["derain"],))
+    with held_by_another_process(out), pytest.raises(UserError, match="in use by another"):
+        build_shards(walk_sources(tree, limit=1), out, config)
+    assert list(out.iterdir()) == []

@@ -100,9 +100,34 @@ def test_killed_build_resumes_to_the_uninterrupted_bytes(killed_and_resumed, uni
     )
     assert 2 <= done_before < CHUNKS, "the kill must land part-way through the build"
     assert run_now + done_before == CHUNKS
-    assert not list(out.glob("*/.*.tmp"))
+    assert not list(out.glob("*/.*.part"))  # temporary files (fileio.PARTIAL_SUFFIX)
     result = subprocess.run([IPT_DATA, "verify", str(out)], capture_output=True, text=True)
     assert result.returncode == 0 and "OK: 90 shards" in result.stdout, result.stdout
+    assert (out / "manifest.json").read_bytes() == (uninterrupted / "manifest.json").read_bytes()
+    assert shard_hashes(out) == shard_hashes(uninterrupted)
+
+
+def test_ctrl_c_then_rerun_resumes_to_the_uninterrupted_bytes(tree, uninterrupted, tmp_path):
+    """SIGINT to the build's process group (a terminal's Ctrl-C) after its first chunks: one
+    Error line saying what was kept, exit 130, no manifest; the rerun finishes the same bytes.
+    (It printed click's bare "Aborted!" with exit 1 before.)"""
+    out = tmp_path / "set"
+    command = [IPT_DATA, "build", "--src", str(tree), "--out", str(out), "--workers", "1"]
+    build = _start_group(command + BUILD_OPTIONS, tmp_path / "build.log")
+    try:
+        _wait_for(lambda: _done_chunks(out) >= 2 or build.poll() is not None, 120, "2 chunks")
+        os.killpg(build.pid, signal.SIGINT)
+        assert build.wait(timeout=60) == 130
+    finally:
+        _kill_group(build)
+    log = (tmp_path / "build.log").read_text()
+    assert "Traceback" not in log and log.strip().splitlines()[-1] == (
+        "Error: interrupted; the chunks finished so far are kept, no manifest was written: "
+        "rerun to resume"
+    )
+    assert not (out / "manifest.json").exists() and _done_chunks(out) < CHUNKS
+    summary = _build(tree, out, "--workers", "1")
+    assert "were done before" in summary and not list(out.glob("*/.*.part"))
     assert (out / "manifest.json").read_bytes() == (uninterrupted / "manifest.json").read_bytes()
     assert shard_hashes(out) == shard_hashes(uninterrupted)
 
@@ -181,4 +206,5 @@ def test_two_node_cluster_build_gives_the_same_bytes(
     assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     assert shard_hashes(out) == shard_hashes(reference)
     assert "will be retried" in (tmp_path / "build.log").read_text()
-    assert not list(out.glob("*/.*.tmp")), "the killed worker's temporaries are cleaned up"
+    temporaries = list(out.glob("*/.*.part"))  # fileio.PARTIAL_SUFFIX
+    assert not temporaries, "the killed worker's temporaries are cleaned up"

@@ -1,0 +1,113 @@
+"""`ipt-data` as a hostile user drives it: a place in use by another process, Ctrl-C part-way
+through a transfer, and the promise that ``ipt_data`` never pulls in torch or ``ipt_train``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from loopback_servers import BIN, http_server, tiny_set
+
+from ipt_data.cli import main
+
+IPT_DATA = str(BIN / "ipt-data")
+# Holds a shard-set folder the way a running build or transfer does, until its stdin closes.
+HOLDER = """
+import sys
+from ipt_data.remote import open_location, sole_writer
+with sole_writer(open_location(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> Path:
+    return tiny_set(tmp_path_factory)
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path) -> Iterator[None]:
+    """``folder`` held by a separate Python process (as a running build holds its output)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_ipt_data_never_imports_torch_or_ipt_train():
+    """Every ipt_data module, and the CLI's help, in a fresh interpreter: no torch, no
+    ipt_train, no webdataset (which imports torch)."""
+    script = """
+import importlib, pkgutil, sys
+import ipt_data
+from click.testing import CliRunner
+for module in pkgutil.iter_modules(ipt_data.__path__):
+    importlib.import_module(f"ipt_data.{module.name}")
+from ipt_data.cli import main
+for command in [[], *([name] for name in main.commands)]:
+    assert CliRunner().invoke(main, [*command, "--help"]).exit_code == 0
+print(sorted({name.split(".")[0] for name in sys.modules} & {"torch", "ipt_train", "webdataset"}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_destination_in_use_by_another_transfer_is_refused(shard_set, tmp_path):
+    """Two transfers into one folder swept up each other's temporary files; now the second is
+    refused with one line and writes nothing."""
+    dest = tmp_path / "dest"
+    with held_by_another_process(dest):
+        run = CliRunner().invoke(main, ["pull", str(shard_set), str(dest), "--no-progress"])
+    assert run.exit_code == 1, run.output
+    assert run.output.startswith(f"Error: {dest} is in use by another ipt-data build or transfer")
+    assert list(dest.iterdir()) == []
+    run = CliRunner().invoke(main, ["pull", str(shard_set), str(dest), "--no-progress"])
+    assert run.exit_code == 0 and (dest / "manifest.json").is_file(), run.output
+
+
+def test_ctrl_c_during_a_pull_is_one_error_line_and_a_rerun_resumes(shard_set, tmp_path):
+    """SIGINT part-way through a pull: exit 130 with one Error line saying what was kept, no
+    manifest and no temporary file; the rerun copies only the rest (was click's "Aborted!")."""
+    dest = tmp_path / "dest"
+    with http_server(shard_set) as server:
+        server.latency = 0.4  # every request waits: the pull is still running when interrupted
+        command = [IPT_DATA, "pull", server.url, str(dest), "--jobs", "1", "--no-progress"]
+        pull = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list(dest.glob("*/*.tar")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pull.send_signal(signal.SIGINT)
+        _, stderr = pull.communicate(timeout=60)
+        assert pull.returncode == 130, stderr
+        assert stderr.strip().splitlines() == [
+            "Error: interrupted; the shards copied so far are kept, no manifest was written: "
+            "rerun to resume"
+        ]
+        assert not (dest / "manifest.json").exists() and not list(dest.rglob("*.part"))
+        kept = len(list(dest.glob("*/*.tar")))
+        server.latency = 0
+        rerun = CliRunner().invoke(main, ["pull", server.url, str(dest), "--no-progress"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{kept} were already in place" in rerun.output and 1 <= kept < 6
+    source = json.loads((shard_set / "manifest.json").read_bytes())
+    assert json.loads((dest / "manifest.json").read_bytes()) == source
