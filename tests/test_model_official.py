@@ -100,12 +100,13 @@ def test_sdpa_attention_equals_the_packed_multihead_attention(sharing):
     assert attn.in_proj_weight.shape == (216, 72)
 
 
-def test_bf16_autocast_runs_forward_and_backward_on_cpu(official_small):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_forward_and_backward_on_cpu(official_small, dtype):
     config, state, x, expected = official_small
     model = build_model(state, num_heads=config["num_heads"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = model(x, 0)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == dtype
     # bf16 keeps ~3 significant digits: outputs of ~200 move by about one grey level.
     assert F.l1_loss(out.float(), expected[0]).item() < 1.0
     out.float().mean().backward()
