@@ -37,7 +37,7 @@ from ipt_data.remote import (
 )
 from ipt_data.sources import SourceList
 from ipt_data.tasks import TASKS, Task
-from ipt_data.worker import STATE_FOLDER, ChunkJob, ChunkStats, stats_name
+from ipt_data.worker import STATE_FOLDER, ChunkJob, ChunkStats, shard_name, stats_name
 
 PARAMS_NAME = f"{STATE_FOLDER}/params.json"
 
@@ -122,9 +122,17 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
 
 
 def _pending(location: SetLocation, jobs: list[ChunkJob]) -> list[ChunkJob]:
-    """The jobs whose chunk has no stats file (done-marker) yet."""
-    done = set(list_names(location, STATE_FOLDER))
-    return [job for job in jobs if stats_name(job.index).rpartition("/")[2] not in done]
+    """The jobs whose chunk is not done: no stats file (done-marker) yet, or a shard of it gone
+    since (deleted by hand, or lost by the storage), which the chunk then writes again rather
+    than the manifest listing a file that is not there. One listing per folder."""
+    listed = {STATE_FOLDER} | {name for job in jobs for name in job.task_names}
+    present = {folder: set(list_names(location, folder)) for folder in listed}
+
+    def done(job: ChunkJob) -> bool:
+        names = [stats_name(job.index)] + [shard_name(task, job.index) for task in job.task_names]
+        return all(name.rpartition("/")[2] in present[name.partition("/")[0]] for name in names)
+
+    return [job for job in jobs if not done(job)]
 
 
 def claim_output(location: SetLocation, identity: dict, *, check_only: bool = False) -> bool:

@@ -200,10 +200,17 @@ def test_resume_runs_only_missing_chunks(built, tree, tmp_path):
     leftover.write_bytes(b"left by a killed worker")
     result = build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
     assert (result.chunks_run, result.chunks_total) == (1, 4)
-    assert shard_hashes(out) == {
+    expected = {
         path: digest for path, digest in shard_hashes(built).items() if path.startswith("derain/")
     }
+    assert shard_hashes(out) == expected
     assert not list(out.glob("*/.*.part"))
+    # A shard lost after its chunk was done (its stats file stays): the rerun writes that chunk
+    # again instead of a manifest listing a file that is not there (exit 0 before).
+    (out / "derain" / "derain-000001.tar").unlink()
+    result = build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
+    assert (result.chunks_run, result.chunks_total) == (1, 4)
+    assert shard_hashes(out) == expected
 
 
 def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path):
