@@ -21,6 +21,8 @@ Memory per reader is bounded by one shuffle buffer of *encoded* samples per task
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,14 @@ class ShardSet:
     def check(self, task: Task) -> None:
         self.shards(task)
 
+    def fingerprint(self, tasks) -> str:
+        """The identity of the data of ``tasks``: their shards' paths and sha256 digests (the
+        same wherever the set lies, a folder or a URL)."""
+        entries = self.manifest["tasks"]
+        return fingerprint(
+            [[s["path"], s.get("sha256")] for t in tasks for s in entries[t.name]["shards"]]
+        )
+
     def stream(self, task: Task, seed: tuple[int, ...], reader: int, readers: int, config):
         """Reader ``reader`` of ``readers``: its decoded, shuffled pairs of ``task``."""
         rng = np.random.default_rng([*seed, task.index, 1, reader])
@@ -79,6 +89,11 @@ class ShardSet:
         if not shards:
             raise UserError(f"{self.location.url}: the shard set holds no {task.name} samples")
         return shards
+
+
+def fingerprint(items: list) -> str:
+    """sha256 of a JSON-able list: how a run records which training data it was started on."""
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def shard_sequence(

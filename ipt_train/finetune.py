@@ -28,7 +28,14 @@ from ipt_data.patches import ImageTooSmall, cut_pairs
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import INPUT_SIZE, Task, get_task
 from ipt_train.checkpoint import build_model, read_checkpoint, to_single_task
-from ipt_train.data import LoaderConfig, PairBatcher, ShardSet, shard_sequence, shuffled
+from ipt_train.data import (
+    LoaderConfig,
+    PairBatcher,
+    ShardSet,
+    fingerprint,
+    shard_sequence,
+    shuffled,
+)
 from ipt_train.evaluate import rain_pairs
 from ipt_train.model import IPT, PRETRAIN_SCALES
 from ipt_train.schedule import TaskMix
@@ -86,6 +93,9 @@ class CleanFolder:
     def check(self, task: Task) -> None:
         pass
 
+    def fingerprint(self, tasks) -> str:
+        return fingerprint(list(self.sources.ids))  # the images' names
+
     def stream(self, task: Task, seed, reader: int, readers: int, config) -> PairBatcher:
         rng = np.random.default_rng([*seed, task.index, 2, reader])
         names = shard_sequence(list(self.sources.ids), (*seed, task.index, 3), reader, readers)
@@ -108,7 +118,12 @@ class PairedFolder:
     """Rain100L-style ``rain-N.png`` / ``norain-N.png`` pairs, held in memory (small sets)."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.pairs = [(p.input, p.target) for p in rain_pairs(Path(folder))]
+        pairs = list(rain_pairs(Path(folder)))
+        self.names = [p.name for p in pairs]
+        self.pairs = [(p.input, p.target) for p in pairs]
+
+    def fingerprint(self, tasks) -> str:
+        return fingerprint(self.names)
 
     def check(self, task: Task) -> None:
         if task.scale != 1:
@@ -145,7 +160,10 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
     mix = TaskMix.uniform([task])
     model = initial_model(setup.init, task)  # a bad checkpoint fails before anything starts
     identity = run_identity(
-        task=task.name, init_sha256=file_sha256(setup.init), micro_batch=setup.loader.micro_batch
+        task=task.name,
+        init_sha256=file_sha256(setup.init),
+        data=source.fingerprint([task]),
+        micro_batch=setup.loader.micro_batch,
     )
     notes = {"init": os.path.abspath(setup.init)}
     with distributed(config.device) as env:

@@ -238,6 +238,8 @@ def _changes(saved: dict, identity: dict, notes: dict) -> str:
         if key == "init_sha256":  # name both checkpoints: the path alone may be the same file
             before = f"{saved.get('init', '?')} (sha256 {saved.get(key)})"
             changes.append(f"--init was {before}, now {notes.get('init')} (sha256 {now})")
+        elif key == "data":
+            changes.append("the training data differ (other shards, images or pairs)")
         else:
             changes.append(f"{key} was {saved.get(key)!r}, now {now!r}")
     return "; ".join(changes)
@@ -419,6 +421,7 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
         preset=setup.preset,
         tasks=[task.name for task in mix.tasks],
         weights=mix.weights,
+        data=shard_set.fingerprint(mix.tasks),
         micro_batch=setup.loader.micro_batch,
     )
     with distributed(config.device) as env:

@@ -126,7 +126,22 @@ def test_resume_refuses_other_settings(train_shards, tmp_path):
         env=ENV,
     )
     assert result.returncode == 1 and "started differently" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "seed was 1, now 2" in result.stderr and "Traceback" not in result.stderr
+    fewer = tmp_path / "fewer"  # the same set less one shard: other data, the same settings
+    shutil.copytree(train_shards, fewer)
+    manifest = json.loads((fewer / "manifest.json").read_text())
+    entry = manifest["tasks"]["sr_x2"]
+    dropped = entry["shards"].pop()
+    entry["samples"] -= dropped["samples"]
+    entry["bytes"] -= dropped["bytes"]
+    (fewer / "manifest.json").write_text(json.dumps(manifest))
+    result = subprocess.run(
+        [*pretrain_command(fewer, run, "--resume"), "--steps", "8"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert result.returncode == 1 and "the training data differ" in result.stderr, result.stderr
 
 
 def test_two_process_ddp_same_task_same_parameters_uneven_shards(train_shards, tmp_path):
