@@ -4,14 +4,16 @@ the official code (see tests/fixtures/README.md); these tests need only our code
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ipt_train.bench import OfficialIPT
 from ipt_train.checkpoint import build_model, config_from_state_dict
-from ipt_train.model import IPT, IPTConfig, ipt_full
+from ipt_train.model import IPT, IPTConfig, ipt_full, ipt_tiny
 from ipt_train.model.attention import Attention
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -112,3 +114,23 @@ def test_autocast_runs_forward_and_backward_on_cpu(official_small, dtype):
     out.float().mean().backward()
     grad = model.body.encoder.layers[0].self_attn.in_proj_weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IPT_OFFICIAL_DIR"),
+    reason="set IPT_OFFICIAL_DIR to a checkout of huawei-noah/Pretrained-IPT (needs einops)",
+)
+def test_every_slot_equals_the_live_official_code():
+    """The fixture's check, redone against the official code itself at ipt-tiny's size: its own
+    random init (large activations) loaded strictly into ours, every task slot."""
+    torch.manual_seed(0)
+    official = OfficialIPT(Path(os.environ["IPT_OFFICIAL_DIR"]), ipt_tiny()).eval()
+    ours = IPT(ipt_tiny()).eval()
+    ours.load_state_dict(official.inner.state_dict(), strict=True)
+    x = torch.randint(0, 256, (2, 3, 48, 48)).float()
+    for slot in range(6):
+        with torch.no_grad():
+            want, got = official(x.clone(), slot), ours(x, slot)
+        assert (got - want).abs().max().item() <= 0.05, slot
+        same = (got.round().clamp(0, 255) == want.round().clamp(0, 255)).float().mean().item()
+        assert same >= 0.999, slot
