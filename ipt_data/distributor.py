@@ -54,7 +54,10 @@ def ray_session(config: RayConfig) -> Iterator[int]:
         _check_reachable(config.address)
     started = not ray.is_initialized()
     if started and config.address:
-        ray.init(address=config.address, log_to_driver=False)
+        try:
+            ray.init(address=config.address, log_to_driver=False)
+        except (ValueError, ConnectionError) as error:  # a malformed or dead --address
+            raise UserError(f"--address {config.address}: {error}") from None
     elif started:
         cores = config.workers or os.cpu_count() or 1
         ray.init(

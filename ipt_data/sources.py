@@ -74,6 +74,8 @@ def read_file_list(list_path: str | Path, root: str | Path | None = None, limit:
         lines = list_path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise UserError(f"{list_path}: cannot read the file list ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{list_path}: the file list is not UTF-8 text ({error.reason})") from None
     ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if len(set(ids)) != len(ids):
         raise UserError(f"{list_path}: names some images more than once")

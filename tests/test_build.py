@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -247,6 +248,8 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
         (["--src", "{file}", "--out", "{tmp}/o"], "is a file, not a folder"),
         # --files with a --src that is not a folder: every image would be skipped as missing
         (["--src", "{tmp}/missing", "--files", "{list}", "--out", "{tmp}/o"], "no such folder"),
+        # a traceback before (UnicodeDecodeError)
+        (["--src", "{tree}", "--files", "{binary}", "--out", "{tmp}/o"], "is not UTF-8 text"),
     ],
 )
 def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, message):
@@ -256,12 +259,14 @@ def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, messa
 
     (tmp_path / "a_file").write_bytes(b"not a folder")
     (tmp_path / "list.txt").write_text("n00000000/astronaut.JPEG\n")
-    file, listed = tmp_path / "a_file", tmp_path / "list.txt"
-    filled = [arg.format(tmp=tmp_path, tree=tree, file=file, list=listed) for arg in arguments]
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00n0/a.JPEG\n")
+    paths = {"file": tmp_path / "a_file", "list": tmp_path / "list.txt"}
+    paths["binary"] = tmp_path / "binary.txt"
+    filled = [arg.format(tmp=tmp_path, tree=tree, **paths) for arg in arguments]
     result = CliRunner().invoke(main, ["build", *filled])
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
-    assert not (tmp_path / "o").exists() and file.read_bytes() == b"not a folder"
+    assert not (tmp_path / "o").exists() and paths["file"].read_bytes() == b"not a folder"
 
 
 def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
@@ -323,3 +328,17 @@ def test_an_output_in_use_by_another_build_is_refused(ray_instance, tree, tmp_pa
     with held_by_another_process(out), pytest.raises(UserError, match="in use by another"):
         build_shards(walk_sources(tree, limit=1), out, config)
     assert list(out.iterdir()) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_built(ray_instance, tree, tmp_path):
+    """A source whose file name is not UTF-8 (possible on Linux) crashed its chunk in the
+    seeding (UnicodeEncodeError) on every retry, failing the build; now it is an image like any
+    other, seeded from its name's own bytes."""
+    src = tmp_path / "src"
+    (src / "n0").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.JPEG")  # Latin-1 bytes: a surrogate escape in Python
+    (src / "n0" / name).write_bytes((tree / "n00000000" / "astronaut.JPEG").read_bytes())
+    config = _config(workers=1, tasks=(TASKS["derain"],))
+    manifest = build_shards(walk_sources(src), tmp_path / "set", config).manifest
+    assert manifest["images"]["decoded"] == 1
+    assert manifest["tasks"]["derain"]["samples"] == PATCHES

@@ -111,3 +111,15 @@ def test_ctrl_c_during_a_pull_is_one_error_line_and_a_rerun_resumes(shard_set, t
     assert f"{kept} were already in place" in rerun.output and 1 <= kept < 6
     source = json.loads((shard_set / "manifest.json").read_bytes())
     assert json.loads((dest / "manifest.json").read_bytes()) == source
+
+
+def test_a_malformed_ray_address_is_one_clear_error(shard_set, tmp_path):
+    """--address that Ray cannot parse ended in Ray's ValueError traceback."""
+    src = shard_set.parent / "src"  # the photographs tiny_set was built from
+    command = [IPT_DATA, "build", "--src", str(src), "--out", str(tmp_path / "o"), "--address"]
+    result = subprocess.run([*command, "foo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --address foo: Invalid address format: foo"
+    )
+    assert not (tmp_path / "o").exists()
