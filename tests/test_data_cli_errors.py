@@ -4,10 +4,13 @@ through a transfer, and the promise that ``ipt_data`` never pulls in torch or ``
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,33 @@ with sole_writer(open_location(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
+
+
+class FailingShardsHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but answers every shard (``*.tar``) with HTTP 500."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.endswith(".tar"):
+            self.send_error(500)
+        else:
+            super().do_GET()
+
+
+@contextlib.contextmanager
+def failing_shards_server(folder: Path) -> Iterator[str]:
+    handler = functools.partial(FailingShardsHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +153,22 @@ def test_a_malformed_ray_address_is_one_clear_error(shard_set, tmp_path):
         "Error: --address foo: Invalid address format: foo"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_server_error_on_every_shard_is_named_shortly(shard_set, tmp_path):
+    """HTTP 500 on the shards: pull names each shard with "HTTP 500 Internal Server Error" (each
+    line was a ~600-character repr of aiohttp's error, request headers included), writes no
+    manifest; verify reports each shard bad the same way."""
+    with failing_shards_server(shard_set) as url:
+        pull = CliRunner().invoke(main, ["pull", url, str(tmp_path / "d"), "--no-progress"])
+        verify = CliRunner().invoke(main, ["verify", url, "--workers", "2"])
+    assert pull.exit_code == 1 and pull.output.startswith("Error: 6 of 6 shards could not")
+    reasons = pull.output.splitlines()[1:]
+    assert len(reasons) == 6 and all(
+        line.endswith("transfer failed after 3 attempts (HTTP 500 Internal Server Error)")
+        and len(line) < 150
+        for line in reasons
+    ), pull.output
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    assert verify.exit_code == 1 and verify.output.count("(HTTP 500 Internal Server Error)") == 6
+    assert verify.output.splitlines()[-1] == "Error: 6 of 6 shards are bad"
