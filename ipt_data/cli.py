@@ -52,8 +52,20 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
 @main.command()
 @click.option("--corruptions", is_flag=True, help="Time each corruption stage per image.")
 @click.option("--build", "build_", is_flag=True, help="Ray build vs its floor, 1 vs 2 workers.")
-@click.option("--images", default=100, show_default=True, help="Input JPEGs for --build.")
-@click.option("--patches", default=8, show_default=True, help="Patches per image per task.")
+@click.option(
+    "--images",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Input JPEGs for --build.",
+)
+@click.option(
+    "--patches",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Patches per image per task.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: bool) -> None:
     """Benchmark on ImageNet-size JPEGs made from the sample photographs (one core)."""

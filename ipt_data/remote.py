@@ -69,6 +69,8 @@ class SetLocation:
 def open_location(location: str | Path, storage_options: dict | None = None) -> SetLocation:
     """The :class:`SetLocation` of a folder or URL; unknown schemes are one clear error."""
     text = str(location)
+    if not text.strip():
+        raise UserError("an empty path or URL was given for a shard set")
     try:
         fs, root = fsspec.core.url_to_fs(text, **(storage_options or {}))
     except (ImportError, ValueError) as error:

@@ -172,3 +172,23 @@ def test_a_server_error_on_every_shard_is_named_shortly(shard_set, tmp_path):
     assert not (tmp_path / "d" / "manifest.json").exists()
     assert verify.exit_code == 1 and verify.output.count("(HTTP 500 Internal Server Error)") == 6
     assert verify.output.splitlines()[-1] == "Error: 6 of 6 shards are bad"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # a ValueError traceback from numpy, and a "no such folder" about a temporary folder
+        (["bench", "--corruptions", "--patches", "-3"], "'--patches': -3 is not in the range"),
+        (["bench", "--build", "--images", "0"], "'--images': 0 is not in the range"),
+        # an empty --out was taken as the current folder ("Error:  exists and is not ...")
+        (["build", "--src", "{src}", "--out", ""], "an empty path or URL"),
+        (["info", ""], "an empty path or URL"),
+        (["pull", "", "{tmp}/d"], "an empty path or URL"),
+    ],
+)
+def test_quick_argument_errors_are_one_clear_line(shard_set, tmp_path, arguments, message):
+    filled = [arg.format(src=shard_set.parent / "src", tmp=tmp_path) for arg in arguments]
+    result = CliRunner().invoke(main, filled)
+    assert result.exit_code in (1, 2) and message in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []
