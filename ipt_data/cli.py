@@ -158,13 +158,14 @@ def build(
 @main.command()
 @click.argument("shards", type=click.Path())
 @click.option("--workers", type=int, help="Processes [default: all cores].")
-def verify(shards: str, workers: int | None) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def verify(shards: str, workers: int | None, no_progress: bool) -> None:
     """Re-hash and decode every shard of the set SHARDS (a folder, or a URL: http(s)://,
     s3://, any fsspec URL; remote shards are fetched one at a time) against its manifest."""
     from ipt_data.errors import UserError
     from ipt_data.verify import verify_shard_set
 
-    report = verify_shard_set(shards, workers)
+    report = verify_shard_set(shards, workers, progress=not no_progress)
     for name, problem in report.problems.items():
         click.echo(f"BAD {name}: {problem}")
     for name in report.unlisted:

@@ -16,6 +16,7 @@ which would import torch).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ipt_data.errors import UserError
 from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
+from ipt_data.progress import progress_bar
 from ipt_data.remote import SetLocation, open_location, read_set_manifest, storage_errors
 from ipt_data.safety import check_png_header, read_samples
 from ipt_data.transfer import MARKER, fetched_shard
@@ -83,12 +86,32 @@ def open_shard_set(shard_set: str | Path) -> tuple[SetLocation, dict]:
         return location, read_set_manifest(location)[0]
 
 
-def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> VerifyReport:
-    """Check every shard of the set at ``shard_set`` (folder or URL) against its manifest."""
+def verify_shard_set(
+    shard_set: str | Path, workers: int | None = None, *, progress: bool = False
+) -> VerifyReport:
+    """Check every shard of the set at ``shard_set`` (folder or URL) against its manifest,
+    ``workers`` at a time, with a progress bar on stderr if ``progress``."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     location, manifest = open_shard_set(shard_set)
-    checks = [
+    checks = _shard_checks(location, manifest)
+    workers = workers or os.cpu_count() or 1
+    bar = progress_bar(total=len(checks), unit="shard", desc="verify", enabled=progress)
+    with bar:
+        if location.is_local:
+            problems = _map(check_shard, checks, workers, ProcessPoolExecutor, bar)
+        else:  # network-bound: threads share one fsspec client
+            remote = functools.partial(check_remote_shard, location)
+            problems = _map(remote, checks, workers, ThreadPoolExecutor, bar)
+    found = {
+        check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
+    }
+    unlisted = unlisted_files(Path(location.root), checks) if location.is_local else ()
+    return VerifyReport(len(checks), sum(check.samples for check in checks), found, unlisted)
+
+
+def _shard_checks(location: SetLocation, manifest: dict) -> list[ShardCheck]:
+    return [
         ShardCheck(
             # a remote shard's path is set to its fetched copy's when it is checked
             Path(location.path(shard["path"])) if location.is_local else Path(shard["path"]),
@@ -102,18 +125,6 @@ def verify_shard_set(shard_set: str | Path, workers: int | None = None) -> Verif
         for task in manifest["tasks"].values()
         for shard in task["shards"]
     ]
-    workers = workers or os.cpu_count() or 1
-    if location.is_local:
-        problems = _map(check_shard, checks, workers, ProcessPoolExecutor)
-    else:  # network-bound: threads share one fsspec client
-        problems = _map(
-            lambda check: check_remote_shard(location, check), checks, workers, ThreadPoolExecutor
-        )
-    found = {
-        check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
-    }
-    unlisted = unlisted_files(Path(location.root), checks) if location.is_local else ()
-    return VerifyReport(len(checks), sum(check.samples for check in checks), found, unlisted)
 
 
 def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
@@ -129,11 +140,17 @@ def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
     )
 
 
-def _map(function, items: list, workers: int, pool: type[Executor]) -> list:
+def _map(function, items: list, workers: int, pool: type[Executor], bar: tqdm) -> list:
+    """``[function(item) for item in items]``, ``workers`` at a time, ticking ``bar`` per item."""
     if workers == 1 or len(items) < 2:
-        return list(map(function, items))
+        return [_ticked(bar, function(item)) for item in items]
     with pool(workers) as running:
-        return list(running.map(function, items))
+        return [_ticked(bar, result) for result in running.map(function, items)]
+
+
+def _ticked(bar: tqdm, result: object) -> object:
+    bar.update()
+    return result
 
 
 def check_remote_shard(location: SetLocation, check: ShardCheck) -> str | None:

@@ -54,6 +54,7 @@ def test_intact_set_verifies_and_info_reports_it(shard_set):
     result = CliRunner().invoke(main, ["verify", str(shard_set)])
     assert result.exit_code == 0, result.output
     assert "OK: 6 shards, 12 samples" in result.output
+    assert "verify: 100%" in result.output and "6/6" in result.output  # progress, on stderr
     info = CliRunner().invoke(main, ["info", str(shard_set)])
     assert info.exit_code == 0
     assert "seed 0, 2 patches per image, 1 images per shard" in info.output
