@@ -49,11 +49,20 @@ def is_image_name(name: str) -> bool:
 
 
 def walk_sources(root: str | Path, limit: int | None = None) -> SourceList:
-    """All image files under ``root`` (recursively), sorted by id; the first ``limit`` if given."""
+    """All image files under ``root`` (recursively), sorted by id; the first ``limit`` if given.
+
+    Symlinked folders are followed (a tree of class folders linked from elsewhere is common on
+    clusters; they were silently left out), each real folder once: a link back up the tree, or
+    a second link to a folder already walked, is not entered again."""
     root = _folder(root)
-    ids, skipped = [], 0
-    for folder, subfolders, files in os.walk(root, onerror=_raise_walk_error):
-        subfolders.sort()  # irrelevant to the result (sorted below), keeps the walk repeatable
+    ids, skipped, walked = [], 0, set()
+    for folder, subfolders, files in os.walk(root, onerror=_raise_walk_error, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in walked:
+            subfolders.clear()
+            continue
+        walked.add(real)
+        subfolders.sort()  # the first name of a folder reached twice is the one kept
         relative = Path(folder).relative_to(root).as_posix()
         prefix = "" if relative == "." else relative + "/"
         for name in files:

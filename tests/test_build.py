@@ -342,3 +342,17 @@ def test_a_file_name_that_is_not_utf8_is_built(ray_instance, tree, tmp_path):
     manifest = build_shards(walk_sources(src), tmp_path / "set", config).manifest
     assert manifest["images"]["decoded"] == 1
     assert manifest["tasks"]["derain"]["samples"] == PATCHES
+
+
+def test_symlinked_folders_are_walked_once(tree, tmp_path):
+    """A class folder linked from elsewhere was silently left out (os.walk does not follow
+    links); now it is walked, and a link back up the tree or a second link to the same folder
+    is not walked again (no loop, no image twice)."""
+    root = tmp_path / "linked"
+    (root / "real").mkdir(parents=True)
+    (root / "n0").symlink_to(tree / "n00000000", target_is_directory=True)
+    (root / "real" / "again").symlink_to(tree / "n00000000", target_is_directory=True)
+    (root / "real" / "up").symlink_to(root, target_is_directory=True)
+    (root / "real" / "x.png").write_bytes(b"")
+    sources = walk_sources(root)
+    assert sources.ids == ("n0/astronaut.JPEG", "n0/chelsea.JPEG", "real/x.png")
