@@ -79,6 +79,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
 
     done, again = load_train_state(reference / STATE), load_train_state(killed / STATE)
     assert done.step == again.step == 6
+    assert again.optimizer["param_groups"][0]["fused"]  # resumed as it started: fused Adam
     for key, value in done.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
     for slot, state in done.optimizer["state"].items():
