@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -135,9 +136,16 @@ def _streaming(url: str) -> dict:
     return {"block_size": 0} if url.startswith(("http://", "https://")) else {}
 
 
+class CopyStopped(Exception):
+    """A :class:`CheckedStream` whose ``stop`` event was set (the user interrupted the copy)."""
+
+
 class CheckedStream:
     """A read-only stream over ``incoming`` that hashes what passes through it, copies it to
     ``copy_to`` if given, and refuses (UserError) more or fewer bytes than ``expected``.
+
+    A set ``stop`` event makes the next read raise :class:`CopyStopped`, so that a copy under
+    way in another thread ends within a block when the user interrupts the transfer.
 
     It reads ``incoming`` in 1 MiB blocks whatever the reader asks for: tarfile asks for 10 kB
     at a time, and each read of an fsspec network file is a trip through its event loop
@@ -145,10 +153,16 @@ class CheckedStream:
     """
 
     def __init__(
-        self, incoming: IO[bytes], name: str, expected: int | None, copy_to: IO[bytes] | None = None
+        self,
+        incoming: IO[bytes],
+        name: str,
+        expected: int | None,
+        copy_to: IO[bytes] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._incoming, self._name = incoming, name
         self._expected, self._copy_to = expected, copy_to
+        self._stop = stop  # once set, the next read raises CopyStopped
         self._buffer = bytearray()
         self._ended = False
         self.sha256 = hashlib.sha256()
@@ -162,6 +176,8 @@ class CheckedStream:
         return data
 
     def _fill(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise CopyStopped(f"{self._name}: stopped part-way")
         block = self._incoming.read(_BLOCK)
         self.size += len(block)
         self._ended = not block

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -196,10 +197,12 @@ def _copy_shards(
     or None where it was in place already. A shard that fails does not stop the others; the
     failures are one UserError at the end. Any other error cancels the shards not yet begun,
     waits for those under way (each publishes or discards its temporary file) and is raised."""
-    outcomes, failures = {}, {}
+    outcomes, failures, stop = {}, {}, threading.Event()
     bar = progress_bar(total=len(shards), unit="shard", desc="shards", enabled=progress)
     with bar, ThreadPoolExecutor(jobs, thread_name_prefix="ipt-transfer") as pool:
-        futures = {pool.submit(_bring_in_place, source, dest, shard): shard for shard in shards}
+        futures = {
+            pool.submit(_bring_in_place, source, dest, shard, stop): shard for shard in shards
+        }
         try:
             for future in as_completed(futures):
                 try:
@@ -207,7 +210,8 @@ def _copy_shards(
                 except UserError as error:
                     failures[futures[future]["path"]] = str(error)
                 bar.update()
-        except BaseException:
+        except BaseException:  # Ctrl-C, say: copies under way stop within a block, not at the end
+            stop.set()
             pool.shutdown(cancel_futures=True)
             raise
     if failures:
@@ -215,9 +219,11 @@ def _copy_shards(
     return [outcomes[shard["path"]] for shard in shards]
 
 
-def _bring_in_place(source: SetLocation, dest: SetLocation, shard: dict) -> int | None:
+def _bring_in_place(
+    source: SetLocation, dest: SetLocation, shard: dict, stop: threading.Event
+) -> int | None:
     """Copy one shard unless ``dest`` holds it intact already (None then)."""
-    return None if _in_place(dest, shard) else copy_shard(source, dest, shard)
+    return None if _in_place(dest, shard) else copy_shard(source, dest, shard, stop)
 
 
 def _failure_message(shards: list[dict], failures: dict[str, str]) -> str:
@@ -268,14 +274,18 @@ def subset_manifest(
     return {**manifest, "tasks": tasks, "subset_of": subset_of}
 
 
-def copy_shard(source: SetLocation, dest: SetLocation, shard: dict) -> int:
-    """Stream one shard from ``source`` to ``dest``, verified; retries network errors."""
+def copy_shard(
+    source: SetLocation, dest: SetLocation, shard: dict, stop: threading.Event | None = None
+) -> int:
+    """Stream one shard from ``source`` to ``dest``, verified; retries network errors. Once
+    ``stop`` is set the copy ends (:class:`ipt_data.remote.CopyStopped`), its temporary file
+    removed."""
     import aiohttp
 
     name = source.describe(shard["path"])
     for attempt in range(1, RETRIES + 1):
         try:
-            return _copy_once(source, dest, shard, name)
+            return _copy_once(source, dest, shard, name, stop)
         except FileNotFoundError:
             raise UserError(f"{name}: not found (listed in the manifest)") from None
         except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
@@ -306,11 +316,13 @@ def fetched_shard(source: SetLocation, shard: dict) -> Iterator[Path]:
         yield Path(scratch, shard["path"])
 
 
-def _copy_once(source: SetLocation, dest: SetLocation, shard: dict, name: str) -> int:
+def _copy_once(
+    source: SetLocation, dest: SetLocation, shard: dict, name: str, stop: threading.Event | None
+) -> int:
     stream, partial = open_write_partial(dest, shard["path"])
     try:
         with open_read(source, shard["path"]) as incoming, stream:
-            reader = CheckedStream(incoming, name, shard["bytes"], copy_to=stream)
+            reader = CheckedStream(incoming, name, shard["bytes"], copy_to=stream, stop=stop)
             samples = scan_shard(reader, name)
             reader.drain()
         reader.check_sha256(shard["sha256"])

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
+import io
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from loopback_servers import BIN, http_server, tiny_set
 
 from ipt_data.cli import main
+from ipt_data.shardwriter import encode_png
 
 IPT_DATA = str(BIN / "ipt-data")
 # Holds a shard-set folder the way a running build or transfer does, until its stdin closes.
@@ -47,7 +52,13 @@ class FailingShardsHandler(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def failing_shards_server(folder: Path) -> Iterator[str]:
-    handler = functools.partial(FailingShardsHandler, directory=str(folder))
+    with served(functools.partial(FailingShardsHandler, directory=str(folder))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def served(handler) -> Iterator[str]:
+    """A threading HTTP server on loopback with this request handler; yields its URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -192,3 +203,67 @@ def test_quick_argument_errors_are_one_clear_line(shard_set, tmp_path, arguments
     assert result.exit_code in (1, 2) and message in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert list(tmp_path.iterdir()) == []
+
+
+class ThrottledHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder at about 640 kB/s: 64 kB every 0.1 s (a slow link)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
+            while block := source.read(64 * 1024):
+                outputfile.write(block)
+                outputfile.flush()
+                time.sleep(0.1)
+
+
+def big_shard(samples: int) -> bytes:
+    """A valid sr_x2 shard of noise patches, about 34 kB per sample (PNG cannot shrink noise)."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for index in range(samples):
+            members = {
+                "input.png": encode_png(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)),
+                "target.png": encode_png(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)),
+                "json": b"{}",
+            }
+            for extension, data in members.items():
+                info = tarfile.TarInfo(f"k{index:04d}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_ctrl_c_stops_a_large_shard_under_way(shard_set, tmp_path):
+    """Ctrl-C while a 4 MB shard crawls in at 640 kB/s: the copy under way stops within a
+    block and its temporary file is removed, instead of the command waiting for the shard to
+    finish (minutes for a real 500 MB shard on a slow link)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    data = big_shard(120)
+    (site / "sr_x2").mkdir()
+    (site / "sr_x2" / "big.tar").write_bytes(data)
+    manifest = json.loads((shard_set / "manifest.json").read_bytes())
+    entry = {"path": "sr_x2/big.tar", "samples": 120, "bytes": len(data)}
+    entry["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest["tasks"] = {"sr_x2": {**manifest["tasks"]["sr_x2"], "shards": [entry]}}
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    dest = tmp_path / "dest"
+    handler = functools.partial(ThrottledHandler, directory=str(site))
+    with served(handler) as url:
+        command = [IPT_DATA, "pull", url, str(dest), "--no-progress"]
+        pull = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list(dest.rglob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few blocks in: ~6 s of the shard still to come
+        interrupted = time.monotonic()
+        pull.send_signal(signal.SIGINT)
+        _, stderr = pull.communicate(timeout=60)
+        waited = time.monotonic() - interrupted
+    assert pull.returncode == 130 and stderr.startswith("Error: interrupted"), stderr
+    assert waited < 3, f"Ctrl-C took {waited:.1f} s to end the pull"
+    assert sorted(path.name for path in dest.rglob("*") if path.is_file()) == ["source.json"]
