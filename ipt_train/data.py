@@ -212,8 +212,10 @@ class PretrainStream(IterableDataset):
                 inputs, targets = streams[task.name].batch()
                 yield {"step": step, "task": task.name, "input": inputs, "target": targets}
         except UserError as error:
-            # Passed on as data: a DataLoader re-raises a worker's exception with the worker's
-            # traceback folded into its message; check_unit raises it as the bare UserError.
+            if info is None:
+                raise
+            # In a loader worker, passed on as data: a DataLoader re-raises a worker's exception
+            # with the worker's traceback folded into its message; check_unit raises it bare.
             yield {"error": str(error)}
 
 
