@@ -86,8 +86,22 @@ def build_shards(sources: SourceList, out: str | Path, config: BuildConfig) -> B
     """
     location = open_location(out)
     check_writable(location)
+    _check_outside_the_source(sources, location)
     with storage_errors(str(out)):
         return _build(sources, location, config)
+
+
+def _check_outside_the_source(sources: SourceList, location: SetLocation) -> None:
+    """Refuse an output inside a walked source folder: on a rerun the walk would count its
+    shards as source files, and the changed source would refuse to resume the build."""
+    if not (sources.walked and location.is_local):
+        return
+    out, root = Path(location.root).resolve(), sources.root.resolve()
+    if out == root or root in out.parents:
+        raise UserError(
+            f"--out {location.url} is inside the source folder {sources.root}; choose an --out "
+            "outside it"
+        )
 
 
 def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> BuildResult:

@@ -28,6 +28,7 @@ class SourceList:
     root: Path
     ids: tuple[str, ...]
     non_image_files: int  # files under the root skipped for their extension
+    walked: bool = False  # the ids are what the root holds (a walk), not a list's
 
     @property
     def fingerprint(self) -> str:
@@ -71,7 +72,7 @@ def walk_sources(root: str | Path, limit: int | None = None) -> SourceList:
             else:
                 skipped += 1
     ids.sort()
-    return _limited(root, ids, skipped, limit)
+    return _limited(root, ids, skipped, limit, walked=True)
 
 
 def read_file_list(list_path: str | Path, root: str | Path | None = None, limit: int | None = None):
@@ -103,14 +104,16 @@ def _folder(path: str | Path) -> Path:
     return path
 
 
-def _limited(root: Path, ids: list[str], skipped: int, limit: int | None) -> SourceList:
+def _limited(
+    root: Path, ids: list[str], skipped: int, limit: int | None, walked: bool = False
+) -> SourceList:
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         ids = ids[:limit]
     if not ids:
         raise UserError(f"{root}: no image files found")
-    return SourceList(root=root, ids=tuple(ids), non_image_files=skipped)
+    return SourceList(root=root, ids=tuple(ids), non_image_files=skipped, walked=walked)
 
 
 def _raise_walk_error(error: OSError) -> None:

@@ -248,6 +248,9 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
         (["--src", "{file}", "--out", "{tmp}/o"], "is a file, not a folder"),
         # --files with a --src that is not a folder: every image would be skipped as missing
         (["--src", "{tmp}/missing", "--files", "{list}", "--out", "{tmp}/o"], "no such folder"),
+        # the rerun of a build into its own source folder refused to resume (the walk counted
+        # its shards as source files: "built differently (source.non_image_files: 0 -> 4)")
+        (["--src", "{tree}", "--out", "{tree}/shards"], "is inside the source folder"),
         # a traceback before (UnicodeDecodeError)
         (["--src", "{tree}", "--files", "{binary}", "--out", "{tmp}/o"], "is not UTF-8 text"),
     ],
@@ -267,6 +270,7 @@ def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, messa
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
     assert not (tmp_path / "o").exists() and paths["file"].read_bytes() == b"not a folder"
+    assert not (tree / "shards").exists()
 
 
 def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
