@@ -79,6 +79,16 @@ def open_location(location: str | Path, storage_options: dict | None = None) -> 
     return SetLocation(text, fs, root.rstrip("/") or root)
 
 
+def open_set_location(location: str | Path, storage_options: dict | None = None) -> SetLocation:
+    """:func:`open_location` of a shard set given by its folder or URL, or by its manifest
+    (``…/manifest.json``, as users copy it from a browser or a listing)."""
+    text = str(location).rstrip("/") or str(location)
+    folder, slash, name = text.rpartition("/")
+    if name == MANIFEST_NAME:
+        text = (folder or "/") if slash else "."
+    return open_location(text, storage_options)
+
+
 # Packages whose exceptions mean "the storage could not be used" (missing credentials, a
 # refused connection), whatever their class; one of them escaping is a UserError.
 _STORAGE_PACKAGES = {

@@ -49,6 +49,7 @@ from ipt_data.remote import (
     has_files,
     open_location,
     open_read,
+    open_set_location,
     open_write_partial,
     publish,
     read_set_manifest,
@@ -113,7 +114,7 @@ def pull(
 ) -> TransferResult:
     """Copy the shard set at ``url`` (or the selected part of it) into the folder ``dest_dir``,
     ``jobs`` shards at a time."""
-    source, dest = open_location(url, storage_options), open_location(dest_dir)
+    source, dest = open_set_location(url, storage_options), open_location(dest_dir)
     return copy_set(source, dest, parse_selection(tasks, shards), progress, jobs)
 
 
@@ -129,7 +130,7 @@ def push(
 ) -> TransferResult:
     """Copy the shard set in the folder ``src_dir`` (or part of it) to ``url``, ``jobs`` shards
     at a time."""
-    source, dest = open_location(src_dir), open_location(url, storage_options)
+    source, dest = open_set_location(src_dir), open_location(url, storage_options)
     return copy_set(source, dest, parse_selection(tasks, shards), progress, jobs)
 
 

@@ -31,7 +31,7 @@ from ipt_data.errors import UserError
 from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.progress import progress_bar
-from ipt_data.remote import SetLocation, open_location, read_set_manifest, storage_errors
+from ipt_data.remote import SetLocation, open_set_location, read_set_manifest, storage_errors
 from ipt_data.safety import check_png_header, read_samples
 from ipt_data.transfer import MARKER, fetched_shard
 from ipt_data.worker import STATE_FOLDER
@@ -77,9 +77,7 @@ class VerifyReport:
 def open_shard_set(shard_set: str | Path) -> tuple[SetLocation, dict]:
     """The location of the set at ``shard_set`` (a folder, its ``manifest.json``, or a URL:
     ``http(s)://…``, ``s3://…``, any fsspec URL) and its checked manifest."""
-    location = open_location(shard_set)
-    if location.is_local and Path(location.root).name == MANIFEST_NAME:
-        location = open_location(Path(location.root).parent)
+    location = open_set_location(shard_set)
     if location.is_local and Path(location.root).is_file():
         raise UserError(f"{shard_set}: is a file; a shard set is a folder with a manifest.json")
     with storage_errors(location.url):

@@ -267,3 +267,19 @@ def test_ctrl_c_stops_a_large_shard_under_way(shard_set, tmp_path):
     assert pull.returncode == 130 and stderr.startswith("Error: interrupted"), stderr
     assert waited < 3, f"Ctrl-C took {waited:.1f} s to end the pull"
     assert sorted(path.name for path in dest.rglob("*") if path.is_file()) == ["source.json"]
+
+
+def test_a_set_named_by_its_manifest_url_is_read(shard_set, tmp_path):
+    """info, verify and pull of ``<url>/manifest.json`` (what a browser shows) looked for
+    ``<url>/manifest.json/manifest.json`` and said there was no manifest."""
+    with http_server(shard_set) as server:
+        url = f"{server.url}/manifest.json"
+        info = CliRunner().invoke(main, ["info", url])
+        verify = CliRunner().invoke(main, ["verify", url, "--no-progress"])
+        pull = CliRunner().invoke(main, ["pull", url, str(tmp_path / "d"), "--no-progress"])
+    assert info.exit_code == 0 and "sr_x2" in info.output, info.output
+    assert verify.exit_code == 0 and verify.output == "OK: 6 shards, 24 samples\n"
+    assert pull.exit_code == 0 and "copied 6 shards" in pull.output, pull.output
+    assert (tmp_path / "d" / "manifest.json").read_bytes() == (
+        shard_set / "manifest.json"
+    ).read_bytes()
