@@ -86,10 +86,10 @@ def restore_files(
     task = get_task(task_name)
     jobs = collect_inputs(inputs)
     _check_output_folder(Path(out_dir))
-    for source, _ in jobs:  # decoding is cheap next to the model: fail before writing anything
-        decode_image(read_bytes(source), str(source))
     model = load_model(checkpoint, num_heads).to(pick_device(device))
     slot = slot_for_task(model.cfg, task)
+    for source, _ in jobs:  # decoding is cheap next to the model: fail before writing anything
+        decode_image(read_bytes(source), str(source))
     tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
     written = []
     for source, name in progress_bar(
