@@ -12,7 +12,9 @@ other chunks have finished; their work is kept, so rerunning the build retries o
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,10 +70,31 @@ def ray_session(config: RayConfig) -> Iterator[int]:
             log_to_driver=False,
         )
     try:
-        yield config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        with _sigterm_as_interrupt(started):
+            yield config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """While the block runs, SIGTERM (a scheduler's time limit, ``docker stop``) stops the
+    build as Ctrl-C does (one ``Error: interrupted`` line; finished chunks kept) instead of
+    Ray's handler, which dumps a stack report and exits with status 15. Only in the main
+    thread (where Python handles signals), and only for a Ray instance started here."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class ProgressCounter:

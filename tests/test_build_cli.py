@@ -107,16 +107,26 @@ def test_killed_build_resumes_to_the_uninterrupted_bytes(killed_and_resumed, uni
     assert shard_hashes(out) == shard_hashes(uninterrupted)
 
 
-def test_ctrl_c_then_rerun_resumes_to_the_uninterrupted_bytes(tree, uninterrupted, tmp_path):
-    """SIGINT to the build's process group (a terminal's Ctrl-C) after its first chunks: one
-    Error line saying what was kept, exit 130, no manifest; the rerun finishes the same bytes.
-    (It printed click's bare "Aborted!" with exit 1 before.)"""
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), id="ctrl-c"),
+        pytest.param(lambda pid: os.kill(pid, signal.SIGTERM), id="sigterm"),
+    ],
+)
+def test_interrupted_then_rerun_resumes_to_the_uninterrupted_bytes(
+    tree, uninterrupted, tmp_path, stop
+):
+    """SIGINT to the build's process group (a terminal's Ctrl-C), or SIGTERM to the build (a
+    scheduler's time limit), after its first chunks: one Error line saying what was kept, exit
+    130, no manifest; the rerun finishes the same bytes. (Before: click's bare "Aborted!" with
+    exit 1; for SIGTERM, Ray's stack report and exit 15.)"""
     out = tmp_path / "set"
     command = [IPT_DATA, "build", "--src", str(tree), "--out", str(out), "--workers", "1"]
     build = _start_group(command + BUILD_OPTIONS, tmp_path / "build.log")
     try:
         _wait_for(lambda: _done_chunks(out) >= 2 or build.poll() is not None, 120, "2 chunks")
-        os.killpg(build.pid, signal.SIGINT)
+        stop(build.pid)
         assert build.wait(timeout=60) == 130
     finally:
         _kill_group(build)
