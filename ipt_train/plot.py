@@ -21,16 +21,31 @@ from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.restore import restore_image
 from ipt_train.tiling import TileConfig
 
+PLOTTED = ("step", "task", "l1", "supcon")  # the log.csv columns the plot reads
+
 
 def read_log(run: str | Path) -> list[dict]:
     path = Path(run) / "log.csv"
     if not path.is_file():
         raise UserError(f"{path}: no training log here (is {run} an ipt-train run folder?)")
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        missing = sorted(set(PLOTTED) - set(reader.fieldnames or ()))
+        if missing:
+            raise UserError(f"{path}: not an ipt-train log (no column {', '.join(missing)})")
+        rows = [row for row in reader if _complete(row)]
     if not rows:
         raise UserError(f"{path}: the log has no steps yet")
     return rows
+
+
+def _complete(row: dict) -> bool:
+    """False for a row cut short (a run killed while writing it): it is left out."""
+    try:
+        int(row["step"]), float(row["l1"]), float(row["supcon"])
+    except (TypeError, ValueError):
+        return False
+    return bool(row["task"])
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -55,7 +70,8 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
         steps = np.array([int(row["step"]) for row in mine])
         for axis, key in zip(axes, ("l1", "supcon"), strict=True):
             values = np.array([float(row[key]) for row in mine])
-            (line,) = axis.plot(steps, smooth(values, window), label=task)
+            marker = "o" if len(steps) == 1 else None  # a lone step is no line
+            (line,) = axis.plot(steps, smooth(values, window), label=task, marker=marker)
             axis.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
     for axis, title in zip(axes, ("L1 (0..255 scale)", "SupCon"), strict=True):
         axis.set(title=title, xlabel="step")

@@ -15,7 +15,7 @@ import torch
 from ipt_data.errors import UserError
 from ipt_train.checkpoint import save_checkpoint
 from ipt_train.model import IPT, ipt_tiny
-from ipt_train.plot import comparison_grid, plot_losses, smooth
+from ipt_train.plot import comparison_grid, plot_losses, read_log, smooth
 from ipt_train.train import LOG_FIELDS
 
 BIN = Path(sys.executable).parent
@@ -53,6 +53,12 @@ def test_loss_plot_from_a_log_and_errors(tmp_path):
     assert image is not None and image.shape[1] > 800 and image.std() > 10
     with pytest.raises(UserError, match="no training log"):
         plot_losses(tmp_path)
+    with (run / "log.csv").open("a") as handle:  # a run killed while writing a row
+        handle.write("30,sr_x2,9,1")
+    assert len(read_log(run)) == 30
+    (run / "log.csv").write_text("time,value\n1,2\n")
+    with pytest.raises(UserError, match="not an ipt-train log"):
+        plot_losses(run)
 
 
 def test_comparison_grid_rows_and_scores(refdata, tmp_path):
