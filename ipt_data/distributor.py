@@ -173,11 +173,15 @@ def _show(bar: tqdm, totals: list[int]) -> None:
 
 
 def _failure_message(failures: dict[int, Exception]) -> str:
+    """One message for the failed chunks: the first failure's message alone where the worker
+    raised a UserError (a full disk, say), else its whole remote traceback (a bug)."""
     chunks = ", ".join(str(index) for index in sorted(failures))
     first = failures[min(failures)]
+    cause = getattr(first, "cause", None)
     return (
         f"{len(failures)} chunk(s) failed after all retries: {chunks}. The other chunks are "
-        f"complete; rerun the same command to retry only these. First failure:\n{first}"
+        f"complete; rerun the same command to retry only these. First failure:\n"
+        f"{cause if isinstance(cause, UserError) else first}"
     )
 
 

@@ -13,6 +13,7 @@ It is written through :mod:`ipt_data.remote`, to a folder or any writable fsspec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -101,8 +102,13 @@ class ShardWriter:
         )
 
     def abort(self) -> None:
-        self._file.close()
-        discard(self._location, self._partial)
+        """Drop the temporary file; called while an error propagates, so a second error from
+        closing it (a full disk fails the close's flush too) must not keep it on the disk."""
+        try:
+            with contextlib.suppress(Exception):  # the error being raised is the one to report
+                self._file.close()
+        finally:
+            discard(self._location, self._partial)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from ipt_data.decode import decode_image
-from ipt_data.errors import UnreadableImage
+from ipt_data.errors import UnreadableImage, UserError
 from ipt_data.patches import ImageTooSmall, cut_pairs
-from ipt_data.remote import open_location, write_bytes
+from ipt_data.remote import SetLocation, open_location, write_bytes
 from ipt_data.seeding import image_rng
 from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
 from ipt_data.tasks import Task, get_task
@@ -106,6 +106,28 @@ def process_chunk(
     tasks = [get_task(name) for name in job.task_names]
     stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})
     out = open_location(job.out)
+    try:
+        stats.shards = _write_shards(job, out, tasks, stats, report)
+    except OSError as error:  # inputs that cannot be read are _read_image's: this is the output
+        raise UserError(
+            f"{job.out}: cannot write the shards of chunk {job.index} ({error.strerror or error})"
+        ) from None
+    stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu_start
+    stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    write_bytes(out, stats_name(job.index), stats.to_json())
+    return job.index, stats
+
+
+def _write_shards(
+    job: ChunkJob,
+    out: SetLocation,
+    tasks: list[Task],
+    stats: ChunkStats,
+    report: Callable[[int, int, int], None],
+) -> dict[str, dict]:
+    """Stream the chunk's images into one shard per task (counting into ``stats``); each
+    task's manifest entry. On any error every temporary shard file is removed."""
     with ExitStack() as stack:
         writers = {
             task.name: stack.enter_context(ShardWriter(out, shard_name(task.name, job.index)))
@@ -124,12 +146,7 @@ def process_chunk(
                 for task in tasks
             )
             report(1, pairs, 0)
-        stats.shards = {name: _close_shard(writer) for name, writer in writers.items()}
-    stats.seconds = time.perf_counter() - start
-    stats.cpu_seconds = time.process_time() - cpu_start
-    stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    write_bytes(out, stats_name(job.index), stats.to_json())
-    return job.index, stats
+        return {name: _close_shard(writer) for name, writer in writers.items()}
 
 
 def _close_shard(writer: ShardWriter) -> dict:

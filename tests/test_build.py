@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -360,3 +362,27 @@ def test_symlinked_folders_are_walked_once(tree, tmp_path):
     (root / "real" / "x.png").write_bytes(b"")
     sources = walk_sources(root)
     assert sources.ids == ("n0/astronaut.JPEG", "n0/chelsea.JPEG", "real/x.png")
+
+
+def test_a_chunk_that_cannot_write_its_shards_is_one_error_and_leaves_no_file(tree, tmp_path):
+    """A worker whose disk fills up (here: a real EFBIG from RLIMIT_FSIZE, in its own process)
+    raised a bare OSError, and its temporary shard stayed on the full disk (the close in abort
+    failed too, so the discard never ran); now it is one UserError and nothing is left."""
+    script = """
+import resource, signal, sys
+from ipt_data.errors import UserError
+from ipt_data.worker import ChunkJob, process_chunk
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # let the write fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], ("sr_x4",), 8, 0)
+try:
+    process_chunk(job)
+except UserError as error:
+    print(error)
+"""
+    out = tmp_path / "set"
+    command = [sys.executable, "-c", script, str(tree), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}: cannot write the shards of chunk 0 (File too large)\n"
+    assert [path for path in out.rglob("*") if path.is_file()] == []
