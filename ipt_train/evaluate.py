@@ -93,7 +93,7 @@ def _baseline(task: Task):
 def eval_pairs(task: Task, data: Path, noise_seed: int = 0) -> Iterator[EvalPair]:
     """The (input, target) pairs of ``task`` on the benchmark folder ``data``."""
     if not data.is_dir():
-        raise UserError(f"{data}: no such folder")
+        raise UserError(f"{data}: {'not a folder' if data.exists() else 'no such folder'}")
     if task.name == "derain":
         yield from rain_pairs(data)
         return

@@ -93,11 +93,15 @@ def test_rain_pairs_and_one_line_errors(sample_photos, tmp_path):
     assert report["psnr_y"] == pytest.approx(psnr_y(rainy, clean))
     assert "psnr_rgb" not in report and psnr_rgb(rainy, clean) < 40
     (tmp_path / "rain" / "norain-1.png").unlink()
+    write_png(tmp_path / "wrong_lr" / "HR" / "a.png", clean)  # 64x80: LR x2 must be 32x40
+    write_png(tmp_path / "wrong_lr" / "LR_bicubic" / "X2" / "ax2.png", clean[:30, :40])
     for args in (
         ["--baseline", "--task", "derain", "--data", str(tmp_path / "rain")],
         ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "missing")],
         ["--baseline", "--task", "sr_x5", "--data", str(tmp_path)],
         ["--task", "sr_x2", "--data", str(tmp_path)],
+        ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "rain" / "rain-1.png")],
+        ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "wrong_lr")],
     ):
         result = ipt_eval(*args)
         assert result.returncode != 0 and result.stderr.startswith("Error:"), (args, result.stderr)
