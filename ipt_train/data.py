@@ -113,8 +113,12 @@ def raw_samples(shard_set: ShardSet, names: Iterator[str]) -> Iterator[dict]:
     member's header is checked before the member is read (no links, no oversized or foreign
     members, no compressed tars) and each sample's PNG headers before it is yielded."""
     for name in names:
-        with open_read(shard_set.location, name) as stream:
-            yield from read_samples(stream, shard_set.location.describe(name))
+        where = shard_set.location.describe(name)
+        try:
+            with open_read(shard_set.location, name) as stream:
+                yield from read_samples(stream, where)
+        except OSError as error:  # a shard the manifest lists that is gone or unreadable
+            raise UserError(f"{where}: cannot read the shard ({error.strerror or error})") from None
 
 
 def shuffled(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:

@@ -105,6 +105,19 @@ def test_foreign_member_is_refused_before_decoding(train_shards, tmp_path):
             pass
 
 
+def test_shard_listed_but_gone_is_one_clear_error_in_a_worker_too(train_shards, tmp_path):
+    copy = tmp_path / "set"
+    shutil.copytree(train_shards, copy)
+    for path in (copy / "sr_x4").glob("*.tar"):
+        path.unlink()
+    with pytest.raises(UserError, match=r"sr_x4-00000.\.tar: cannot read the shard"):
+        for _ in stream(copy, range(0, 30)):
+            pass
+    units = make_loader(stream(copy, range(0, 30), workers=1))
+    reported = [unit["error"] for unit in units if "error" in unit]  # raised by check_unit
+    assert len(reported) == 1 and "cannot read the shard" in reported[0]
+
+
 def test_task_missing_from_the_set_is_one_clear_error(train_shards):
     mix = TaskMix.uniform(parse_tasks("derain"))
     with pytest.raises(UserError, match="no derain samples"):
