@@ -103,15 +103,23 @@ class CleanFolder:
         return PairBatcher(pairs, rng, config)
 
     def _pairs(self, names: Iterable[str], task: Task, rng) -> Iterator[tuple]:
+        too_small: set[str] = set()  # skipped from then on; all of them: nothing to train on
         for name in names:
+            if name in too_small:
+                continue
             path = self.sources.root / name
             try:
                 image = decode_image(read_bytes(path), str(path))
                 yield from (
                     (p.input, p.target) for p in cut_pairs(image, task, rng, PATCHES_PER_IMAGE)
                 )
-            except ImageTooSmall:
-                continue
+            except ImageTooSmall as error:
+                too_small.add(name)
+                if len(too_small) == len(self.sources.ids):
+                    raise UserError(
+                        f"{self.sources.root}: every image is too small for {task.name} "
+                        f"(the last: {error})"
+                    ) from None
 
 
 class PairedFolder:

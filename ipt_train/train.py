@@ -367,16 +367,16 @@ def _barrier(env: DistEnv) -> None:
 
 class RunLog:
     """Rank 0's record of a run: ``log.csv`` (one row per step), TensorBoard scalars under
-    ``tb/``, and a progress bar in samples with samples/s, ETA and each task's recent loss."""
+    ``tb/``, and a progress bar in samples with samples/s, ETA and each task's recent loss.
+    The files are opened at the first step done: a run that fails before (a corrupt shard, a
+    folder of images too small) leaves no run folder behind."""
 
     def __init__(self, out: Path, config: TrainConfig, start: int, enabled: bool) -> None:
         self.enabled, self.recent = enabled, {}
+        self.out, self.start, self.tensorboard = out, start, config.tensorboard
+        self.csv_file = self.board = None
         if not enabled:
             return
-        out.mkdir(parents=True, exist_ok=True)
-        self.csv_file = _open_csv(out / "log.csv", start)
-        self.rows = csv.DictWriter(self.csv_file, LOG_FIELDS)
-        self.board = _summary_writer(out / "tb") if config.tensorboard else None
         self.bar = progress_bar(
             total=config.steps * config.batch,
             initial=start * config.batch,
@@ -396,6 +396,8 @@ class RunLog:
         row["samples_per_s"] = round(samples / seconds, 2)
         row["data_wait"] = round(min(losses["data_wait_s"] / seconds, 1.0), 4)
         row["seconds"] = round(now - self.first, 3)
+        if self.csv_file is None:
+            self._open()
         self.rows.writerow(row)
         self.csv_file.flush()
         task, step = losses["task"], losses["step"]
@@ -407,12 +409,19 @@ class RunLog:
         self.bar.set_postfix({name: f"{v:.3g}" for name, v in sorted(self.recent.items())})
         self.bar.update(samples)
 
+    def _open(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.csv_file = _open_csv(self.out / "log.csv", self.start)
+        self.rows = csv.DictWriter(self.csv_file, LOG_FIELDS)
+        self.board = _summary_writer(self.out / "tb") if self.tensorboard else None
+
     def close(self) -> None:
         if self.enabled:
             self.bar.close()
+        if self.csv_file:
             self.csv_file.close()
-            if self.board:
-                self.board.close()
+        if self.board:
+            self.board.close()
 
 
 def _open_csv(path: Path, start: int):

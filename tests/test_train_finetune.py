@@ -123,3 +123,14 @@ def test_resume_refuses_an_init_checkpoint_whose_content_changed(
     for named in (moved, init, file_sha256(moved), file_sha256(init)):
         assert str(named) in str(refused.value)
     assert load_train_state(run / "checkpoint.pt").step == 4
+
+
+def test_clean_folder_of_images_too_small_is_an_error_not_a_hang(pretrained, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(small / f"{name}.png"), np.full((60, 90, 3), 128, np.uint8))
+    setup = FinetuneConfig(str(pretrained), "sr_x2", clean=str(small), loader=LOADER)
+    with pytest.raises(UserError, match="every image is too small for sr_x2"):
+        finetune(short_run(tmp_path / "run"), setup)
+    assert not (tmp_path / "run").exists()
