@@ -127,6 +127,13 @@ class PairedFolder:
 
     def __init__(self, folder: str | Path) -> None:
         pairs = list(rain_pairs(Path(folder)))
+        for pair in pairs:
+            if min(pair.input.shape[:2]) < INPUT_SIZE:
+                height, width = pair.input.shape[:2]
+                raise UserError(
+                    f"{folder}: {pair.name}.png is {width}x{height}, smaller than the "
+                    f"{INPUT_SIZE}x{INPUT_SIZE} training crop"
+                )
         self.names = [p.name for p in pairs]
         self.pairs = [(p.input, p.target) for p in pairs]
 

@@ -94,6 +94,13 @@ def test_finetune_from_shards_and_from_rain_pairs(
         FinetuneConfig(str(pretrained), "derain", pairs=str(pairs), loader=LOADER),
     )
     assert result.step == 2 and np.isfinite(result.last_loss)
+    cv2.imwrite(str(pairs / "rain-3.png"), np.zeros((40, 60, 3), np.uint8))
+    cv2.imwrite(str(pairs / "norain-3.png"), np.zeros((40, 60, 3), np.uint8))
+    with pytest.raises(UserError, match=r"rain-3\.png is 60x40, smaller than the 48x48"):
+        finetune(
+            short_run(tmp_path / "rain-small"),
+            FinetuneConfig(str(pretrained), "derain", pairs=str(pairs), loader=LOADER),
+        )
     with pytest.raises(UserError, match="exactly one"):
         finetune(short_run(tmp_path / "x"), FinetuneConfig(str(pretrained), "derain"))
 
