@@ -4,10 +4,12 @@ implementation in the same run.
 Timed per step (after warm-up, medians over ``steps``): the eval forward pass and the training
 step (forward, L1 loss, backward, Adam step) at the given batch. With an official checkout
 (``--official DIR``, its ``model/`` package imported from there at run time, never vendored) the
-official model gets the same weights, inputs and optimizer, and the two are timed interleaved,
-alternating which goes first, so that load from other processes on a shared machine hits both
-alike. Tiled inference is timed on a synthetic image. On a GPU, the model FLOPs of a training
-step (counted once by ``torch.utils.flop_counter``) give the MFU against the device's peak.
+official model gets the same weights and inputs, and each its own trainer's Adam (fused for
+ours, as ``ipt-train pretrain``; the plain per-tensor loop for the official code, whose trainer
+builds ``optim.Adam``); the two are timed interleaved, alternating which goes first, so that
+load from other processes on a shared machine hits both alike. Tiled inference is timed on a
+synthetic image. On a GPU, the model FLOPs of a training step (counted once by
+``torch.utils.flop_counter``) give the MFU against the device's peak.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ipt_train.losses import supcon_of_anchors
 from ipt_train.model import IPT, PRESETS, IPTConfig
 from ipt_train.restore import blend_scores, pick_device
 from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
+from ipt_train.train import make_optimizer
 
 # Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
 PEAK_TFLOPS = {
@@ -117,14 +120,18 @@ def _sync(device: torch.device) -> None:
 
 
 class Runner:
-    """One model with its optimizer, inputs and per-step timings."""
+    """One model with its optimizer, inputs and per-step timings. ``adam`` is the optimizer
+    implementation the model's own trainer uses: fused for ours (``make_optimizer``, as
+    ``ipt-train pretrain``), ``"default"`` (torch.optim.Adam's per-tensor loop) for the official
+    code, whose trainer builds a plain ``optim.Adam``."""
 
-    def __init__(self, model: torch.nn.Module, bench: BenchConfig, x, target) -> None:
+    def __init__(
+        self, model: torch.nn.Module, bench: BenchConfig, x, target, adam: str = "fused"
+    ) -> None:
         self.model, self.bench, self.x, self.target = model, bench, x, target
         self.device = x.device
-        self.optimizer = torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-5
-        )
+        trained = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trained, lr=1e-5, implementation=adam)
         # Wall seconds, and process CPU seconds (all threads): on a machine shared with other
         # jobs the CPU time is the steadier measure of the work a step needs.
         self.times: dict[str, list[float]] = {"forward": [], "train": [], "train_cpu": []}
@@ -275,13 +282,15 @@ def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -
         "amp": bench.amp,
         "compile": bench.compile,
         "steps": bench.steps,
+        "adam": "fused",
     }
     runners = [Runner(torch.compile(ours) if bench.compile else ours, bench, x, target)]
     if bench.official_dir is not None:
         official = OfficialIPT(bench.official_dir, cfg).to(device)
         official.inner.load_state_dict(ours.state_dict(), strict=True)
         result["official_max_abs_diff"] = _max_abs_diff(ours, official, x, bench.slot)
-        runners.append(Runner(official, bench, x, target))
+        result["official_adam"] = "default"
+        runners.append(Runner(official, bench, x, target, adam="default"))
     log(f"timing {len(runners)} model(s): {bench.warmup} warm-up + {bench.steps} steps each")
     run_interleaved(runners, bench)
     result.update(figures("", runners[0], bench.batch))

@@ -99,3 +99,4 @@ def test_bench_against_the_official_code():
     assert figures["official_max_abs_diff"] <= 0.05
     assert figures["official_train_step_s"] > 0 and figures["train_step_ratio"] > 0
     assert len(figures["official_train_step_rounds_s"]) == 1
+    assert (figures["adam"], figures["official_adam"]) == ("fused", "default")  # each trainer's
