@@ -72,8 +72,9 @@ def open_location(location: str | Path, storage_options: dict | None = None) -> 
     text = str(location)
     if not text.strip():
         raise UserError("an empty path or URL was given for a shard set")
+    options = {**_http_options(text), **(storage_options or {})}
     try:
-        fs, root = fsspec.core.url_to_fs(text, **(storage_options or {}))
+        fs, root = fsspec.core.url_to_fs(text, **options)
     except (ImportError, ValueError) as error:
         raise UserError(f"{text}: cannot open this location ({error})") from None
     return SetLocation(text, fs, root.rstrip("/") or root)
@@ -124,7 +125,7 @@ def read_bytes(location: SetLocation, relative: str) -> bytes:
     except FileNotFoundError:
         raise UserError(f"{location.describe(relative)}: not found") from None
     except OSError as error:
-        raise UserError(f"{location.describe(relative)}: cannot read ({error})") from None
+        raise UserError(f"{location.describe(relative)}: cannot read ({describe(error)})") from None
 
 
 def read_many(location: SetLocation, relatives: list[str]) -> list[bytes]:
@@ -143,7 +144,44 @@ def open_read(location: SetLocation, relative: str) -> IO[bytes]:
 def _streaming(url: str) -> dict:
     # http(s): one streamed GET (block_size 0); the default would issue range requests, which
     # plain servers (python -m http.server) do not support.
-    return {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+    return {"block_size": 0} if _is_http(url) else {}
+
+
+def _is_http(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+# http(s) time limits. aiohttp's default ends any request after 5 minutes in all: that cuts off
+# every 500 MB shard on a link slower than 1.7 MB/s (retried, and cut off again), and leaves a
+# server that never answers to 5 minutes of silence. No limit on a whole transfer, then, but
+# one on connecting and one on silence (no byte received for that long).
+HTTP_CONNECT_SECONDS = 30.0
+HTTP_SILENCE_SECONDS = 60.0
+
+
+def describe(error: Exception) -> str:
+    """A short account of a storage or network error: ``HTTP 500 Internal Server Error``
+    rather than aiohttp's whole repr, a time-out as what timed out, else its message."""
+    import aiohttp
+
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"HTTP {error.status} {error.message}"
+    if isinstance(error, TimeoutError):  # asyncio's too, since Python 3.11
+        silence, connect = HTTP_SILENCE_SECONDS, HTTP_CONNECT_SECONDS
+        return f"timed out: nothing received for {silence:g} s, or no connection in {connect:g} s"
+    return str(error) or type(error).__name__
+
+
+def _http_options(url: str) -> dict:
+    """fsspec filesystem options for ``url``: the time limits above for http(s), else none."""
+    if not _is_http(url):
+        return {}
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=HTTP_CONNECT_SECONDS, sock_read=HTTP_SILENCE_SECONDS
+    )
+    return {"client_kwargs": {"timeout": timeout}}
 
 
 class CopyStopped(Exception):
@@ -236,7 +274,7 @@ def read_shards(sources: Iterable[dict]) -> Iterator[dict]:
     """
     for source in sources:
         url = source["url"]
-        with fsspec.open(url, "rb", **_streaming(url)) as incoming:
+        with fsspec.open(url, "rb", **_streaming(url), **_http_options(url)) as incoming:
             stream = CheckedStream(incoming, url, source.get("bytes"))
             yield from read_samples(stream, url)
             stream.drain()
@@ -389,7 +427,7 @@ def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
             f"{where}: no manifest (is this an ipt-data shard set? is its build finished?)"
         ) from None
     except OSError as error:
-        raise UserError(f"{where}: cannot read ({error})") from None
+        raise UserError(f"{where}: cannot read ({describe(error)})") from None
     try:
         manifest = json.loads(data)
     except ValueError as error:

@@ -44,6 +44,7 @@ from ipt_data.remote import (
     CheckedStream,
     SetLocation,
     check_writable,
+    describe,
     discard,
     file_size,
     has_files,
@@ -292,20 +293,10 @@ def copy_shard(
         except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
             if attempt == RETRIES:
                 raise UserError(
-                    f"{name}: transfer failed after {RETRIES} attempts ({_network_error(error)})"
+                    f"{name}: transfer failed after {RETRIES} attempts ({describe(error)})"
                 ) from None
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
-
-
-def _network_error(error: Exception) -> str:
-    """A short description: ``HTTP 500 Internal Server Error`` rather than the response's
-    whole repr (request headers and all), else the class and message."""
-    import aiohttp
-
-    if isinstance(error, aiohttp.ClientResponseError):
-        return f"HTTP {error.status} {error.message}"
-    return f"{type(error).__name__}: {error}"
 
 
 @contextlib.contextmanager

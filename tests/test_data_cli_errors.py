@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -283,3 +284,27 @@ def test_a_set_named_by_its_manifest_url_is_read(shard_set, tmp_path):
     assert (tmp_path / "d" / "manifest.json").read_bytes() == (
         shard_set / "manifest.json"
     ).read_bytes()
+
+
+def test_a_server_that_goes_silent_is_a_clear_error_not_a_hang(shard_set, tmp_path, monkeypatch):
+    """A server that accepts and never answers kept info silent for aiohttp's 5 minutes (a
+    limit on the whole request, which also cut off large shards on slow links); now silence
+    is the limit (60 s; 1 s here), the whole transfer has none. A shard that stalls half-way
+    fails each attempt and is named; the other shards are copied."""
+    monkeypatch.setattr("ipt_data.remote.HTTP_SILENCE_SECONDS", 1.0)
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        started = time.monotonic()
+        info = CliRunner().invoke(main, ["info", f"http://127.0.0.1:{mute.getsockname()[1]}"])
+        assert time.monotonic() - started < 20
+    assert info.exit_code == 1 and "cannot read (timed out: nothing received for 1 s" in (
+        info.output
+    ), info.output
+    stalled = json.loads((shard_set / "manifest.json").read_bytes())["tasks"]["sr_x2"]["shards"][0]
+    with http_server(shard_set) as server:
+        server.stalls.add(f"/{stalled['path']}")
+        pull = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "d"), "--no-progress"])
+    assert pull.exit_code == 1 and pull.output.startswith("Error: 1 of 6 shards could not")
+    assert f"{stalled['path']}: transfer failed after 3 attempts (timed out:" in pull.output
+    assert len(list((tmp_path / "d").glob("*/*.tar"))) == 5
