@@ -13,6 +13,7 @@ identity is the same, and refuses otherwise.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 from ipt_data import __version__
@@ -134,6 +135,8 @@ def validate_manifest(manifest: object, where: str) -> None:
     if not isinstance(manifest.get("subset_of", {}), dict):
         fail("'subset_of' is not an object")
     for name, task in manifest["tasks"].items():
+        if not _TASK_NAME.match(name):
+            fail(f"task name {name!r} is not letters, digits and underscores")
         if not isinstance(task, dict) or not isinstance(task.get("shards"), list):
             fail(f"task {name!r} has no shard list")
         for key, kind in TASK_FIELDS.items():
@@ -147,6 +150,7 @@ def validate_manifest(manifest: object, where: str) -> None:
     check_manifest_entries(manifest, where)
 
 
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}
 
 

@@ -316,6 +316,8 @@ def _mutated(manifest: dict, change: str) -> object:
         manifest["tasks"]["sr_x2"]["samples"] = "many"
     elif change == "no_input_size":
         manifest["tasks"]["sr_x2"].pop("input_size")
+    elif change == "task_name_escape":
+        manifest["tasks"]["x\x1b[2J"] = manifest["tasks"].pop("denoise_30")
     return manifest
 
 
@@ -336,6 +338,8 @@ def _mutated(manifest: dict, change: str) -> object:
         ("no_skipped", "'images.skipped' is missing or not an object"),
         ("task_samples_text", "task 'sr_x2': 'samples' is missing or not an integer"),
         ("no_input_size", "task 'sr_x2': 'input_size' is missing"),
+        # a task name is printed by info: no terminal escape sequences in it
+        ("task_name_escape", "is not letters, digits and underscores"),
     ],
 )
 def test_malformed_manifests_are_one_clear_error(shard_set, tmp_path, change, message):
@@ -353,3 +357,17 @@ def test_malformed_manifests_are_one_clear_error(shard_set, tmp_path, change, me
         run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "dest")])
     assert run.exit_code == 1 and run.output.startswith(f"Error: {server.url}/manifest.json: bad")
     assert "Traceback" not in run.output and not (tmp_path / "dest").exists()
+
+
+def test_info_escapes_what_it_prints_from_a_manifest(shard_set, tmp_path):
+    """Strings from someone else's manifest reached the terminal as they were: an escape
+    sequence in tool_version or a skip reason could rewrite the screen."""
+    site = copy_set(shard_set, tmp_path / "site")
+    manifest = json.loads((site / "manifest.json").read_bytes())
+    manifest["tool_version"] = "0.1\x1b[2J"
+    manifest["images"]["skipped"] = {"odd\x07reason": 1}
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    run = CliRunner().invoke(main, ["info", str(site)], color=True)  # no ANSI stripping
+    assert run.exit_code == 0, run.output
+    assert "\x1b" not in run.output and "\x07" not in run.output
+    assert "ipt-data 0.1\\x1b[2J)" in run.output and "odd\\x07reason 1" in run.output
