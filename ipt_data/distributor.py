@@ -156,7 +156,7 @@ def run_chunks(jobs: list[ChunkJob], config: RayConfig) -> list[ChunkStats]:
                     failures[job.index] = error
             _show(bar, ray.get(counter.read.remote(run)))
     if failures:
-        raise BuildFailed(_failure_message(failures))
+        raise BuildFailed(_failure_message(failures, len(jobs)))
     return sorted(done, key=lambda stats: stats.chunk)
 
 
@@ -172,15 +172,16 @@ def _show(bar: tqdm, totals: list[int]) -> None:
     bar.set_postfix(pairs=pairs, skipped=skipped)
 
 
-def _failure_message(failures: dict[int, Exception]) -> str:
+def _failure_message(failures: dict[int, Exception], chunks_run: int) -> str:
     """One message for the failed chunks: the first failure's message alone where the worker
     raised a UserError (a full disk, say), else its whole remote traceback (a bug)."""
     chunks = ", ".join(str(index) for index in sorted(failures))
     first = failures[min(failures)]
     cause = getattr(first, "cause", None)
+    others = "The other chunks are complete" if len(failures) < chunks_run else "None completed"
     return (
-        f"{len(failures)} chunk(s) failed after all retries: {chunks}. The other chunks are "
-        f"complete; rerun the same command to retry only these. First failure:\n"
+        f"{len(failures)} of {chunks_run} chunk(s) failed after all retries: {chunks}. {others}; "
+        "rerun the same command to retry only these. First failure:\n"
         f"{cause if isinstance(cause, UserError) else first}"
     )
 
