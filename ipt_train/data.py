@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -76,12 +77,22 @@ class ShardSet:
             [[s["path"], s.get("sha256")] for t in tasks for s in entries[t.name]["shards"]]
         )
 
-    def stream(self, task: Task, seed: tuple[int, ...], reader: int, readers: int, config):
-        """Reader ``reader`` of ``readers``: its decoded, shuffled pairs of ``task``."""
+    def stream(
+        self, task: Task, seed: tuple[int, int], reader: int, readers: int, config, position=0
+    ):
+        """Reader ``reader`` of ``readers``: its decoded, shuffled pairs of ``task`` from sample
+        ``position`` of its share of the run's shard sequence. ``seed`` is (run seed, first
+        step of the segment): the shard order comes from the run seed alone, the shuffle and
+        flips from both."""
         rng = np.random.default_rng([*seed, task.index, 1, reader])
-        names = shard_sequence(self.shards(task), (*seed, task.index, 0), reader, readers)
-        samples = shuffled(raw_samples(self, names), config.shuffle_buffer, rng)
+        names = shard_sequence(self.shards(task), (seed[0], task.index, 0), reader, readers)
+        raw = samples_from(self, names, self.counts(task), position)
+        samples = shuffled(raw, config.shuffle_buffer, rng)
         return PairBatcher((decode_pair(sample, task) for sample in samples), rng, config)
+
+    def counts(self, task: Task) -> dict[str, int]:
+        """Samples per shard of ``task``, from the manifest."""
+        return {s["path"]: s["samples"] for s in self.manifest["tasks"][task.name]["shards"]}
 
     def shards(self, task: Task) -> list[str]:
         entry = self.manifest["tasks"].get(task.name)
@@ -106,6 +117,29 @@ def shard_sequence(
         mine = order[reader::readers] if reader < len(shards) else order[reader % len(shards) :][:1]
         yield from (shards[i] for i in mine)
         epoch += 1
+
+
+def samples_from(
+    shard_set: ShardSet, names: Iterator[str], counts: dict[str, int], position: int
+) -> Iterator[dict]:
+    """The raw samples of the endless shard sequence ``names`` from sample ``position`` on:
+    whole shards are skipped by their manifest counts (nothing read), then the first
+    ``position`` samples left of the next shard are read and dropped."""
+    for name in names:
+        if position < counts[name]:
+            break
+        position -= counts[name]
+    yield from islice(raw_samples(shard_set, iter([name])), position, None)
+    yield from raw_samples(shard_set, names)
+
+
+def reader_position(mix: TaskMix, task: Task, step: int, samples_per_step: int, readers: int):
+    """Samples of ``task`` each of ``readers`` has taken before ``step``, by expectation (its
+    share of the task mix times the global samples per step). A pure function of the settings:
+    a resumed segment starts where the uninterrupted run's did, and every segment goes on
+    where the one before stopped instead of rereading the start of the same shards."""
+    share = mix.weights[mix.tasks.index(task)] / sum(mix.weights)
+    return int(step * samples_per_step * share / readers)
 
 
 def raw_samples(shard_set: ShardSet, names: Iterator[str]) -> Iterator[dict]:
@@ -203,6 +237,10 @@ class PretrainStream(IterableDataset):
         cv2.setNumThreads(1)
         reader, readers = self.rank * workers + worker, self.world * workers
         segment_seed = (self.seed, self.steps.start)
+        samples_per_step = self.accum * self.config.micro_batch * self.world
+        positions = lambda task: reader_position(  # noqa: E731
+            self.mix, task, self.steps.start, samples_per_step, readers
+        )
         streams: dict[str, PairBatcher] = {}
         units = range(self.steps.start * self.accum, self.steps.stop * self.accum)
         try:
@@ -211,7 +249,7 @@ class PretrainStream(IterableDataset):
                 task = self.mix.task_at(self.seed, step)
                 if task.name not in streams:
                     streams[task.name] = self.source.stream(
-                        task, segment_seed, reader, readers, self.config
+                        task, segment_seed, reader, readers, self.config, positions(task)
                     )
                 inputs, targets = streams[task.name].batch()
                 yield {"step": step, "task": task.name, "input": inputs, "target": targets}

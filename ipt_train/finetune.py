@@ -17,6 +17,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,11 @@ class CleanFolder:
     def fingerprint(self, tasks) -> str:
         return fingerprint(list(self.sources.ids))  # the images' names
 
-    def stream(self, task: Task, seed, reader: int, readers: int, config) -> PairBatcher:
+    def stream(self, task: Task, seed, reader: int, readers: int, config, position=0):
+        """Like :meth:`ShardSet.stream`; ``position`` // PATCHES_PER_IMAGE images skipped."""
         rng = np.random.default_rng([*seed, task.index, 2, reader])
-        names = shard_sequence(list(self.sources.ids), (*seed, task.index, 3), reader, readers)
+        names = shard_sequence(list(self.sources.ids), (seed[0], task.index, 3), reader, readers)
+        names = islice(names, position // PATCHES_PER_IMAGE, None)
         pairs = shuffled(self._pairs(names, task, rng), config.shuffle_buffer, rng)
         return PairBatcher(pairs, rng, config)
 
@@ -144,7 +147,8 @@ class PairedFolder:
         if task.scale != 1:
             raise UserError(f"--pairs trains same-size tasks only, not {task.name}")
 
-    def stream(self, task: Task, seed, reader: int, readers: int, config) -> PairBatcher:
+    def stream(self, task: Task, seed, reader: int, readers: int, config, position=0):
+        """Random aligned crops of random pairs (``position`` is irrelevant: no order)."""
         rng = np.random.default_rng([*seed, task.index, 4, reader])
         return PairBatcher(self._crops(rng), rng, config)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ from test_train_support import build_train_shards
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import TASKS, parse_tasks
-from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, make_loader, shard_sequence
+from ipt_train.data import (
+    LoaderConfig,
+    PretrainStream,
+    ShardSet,
+    make_loader,
+    samples_from,
+    shard_sequence,
+)
 from ipt_train.schedule import TaskMix
 
 MIX = TaskMix.uniform(parse_tasks("sr_x2,sr_x4,denoise_30"))
@@ -80,6 +88,40 @@ def test_uneven_shards_never_run_dry(train_shards):
     for rank in (0, 1):
         batches = list(make_loader(stream(train_shards, range(0, 20), rank, 2, workers=2)))
         assert len(batches) == 40
+
+
+def test_segments_go_on_through_the_shards_instead_of_rereading_their_start(train_shards):
+    """A run is read in segments that end at checkpoints; each must continue where the last
+    stopped. Here 12 segments of 2 steps (4 samples each, one reader, one task) read the whole
+    48-sample task as one 24-step segment does, not the first samples of a shard 12 times."""
+    mix = TaskMix.uniform(parse_tasks("sr_x2"))
+    config = LoaderConfig(micro_batch=2, workers=0, shuffle_buffer=1, augment=False)
+
+    def inputs(steps: range) -> list[bytes]:
+        units = PretrainStream(train_shards, mix, 5, steps, 1, 0, 1, config)
+        return [x.numpy().tobytes() for unit in units for x in unit["input"]]
+
+    whole = inputs(range(0, 24))
+    segmented = [x for start in range(0, 24, 2) for x in inputs(range(start, start + 2))]
+    assert len(set(whole)) == 48  # one epoch: every sample once
+    assert segmented == whole  # (with a 1-sample buffer; a larger one reshuffles per segment)
+    assert inputs(range(6, 8)) == segmented[12:16]  # each segment a pure function of its start
+
+
+def test_samples_from_skips_whole_shards_by_count_then_samples(train_shards):
+    shard_set = ShardSet.open(train_shards)
+    task = TASKS["sr_x4"]
+    counts = shard_set.counts(task)
+    keys = lambda position: [  # noqa: E731
+        s["__key__"]
+        for s in islice(
+            samples_from(shard_set, shard_sequence(list(counts), (1,), 0, 1), counts, position),
+            30,
+        )
+    ]
+    start = keys(0)
+    for position in (5, 16, 21):
+        assert keys(position)[: 30 - position] == start[position:]
 
 
 def test_shard_sequence_splits_each_epoch_between_readers():

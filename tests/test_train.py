@@ -113,8 +113,11 @@ def test_compiled_training_matches_eager(train_shards, tmp_path):
     for a, b in zip(eager, compiled, strict=True):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4)
     weights = [load_train_state(tmp_path / name / STATE).model.state_dict() for name in runs]
+    # Adam's first steps move each weight by about ±lr whatever its gradient's size, so a
+    # gradient near 0 whose sign differs in the last bits between the eager and the compiled
+    # kernels can move a weight up to 2·lr apart per step: 2 steps at 5e-5 allow 2e-4.
     for key, value in weights[0].items():
-        torch.testing.assert_close(weights[1][key], value, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(weights[1][key], value, atol=2e-4, rtol=1e-4)
 
 
 def test_resume_refuses_other_settings(train_shards, tmp_path):
