@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -261,6 +265,22 @@ class PretrainStream(IterableDataset):
             yield {"error": str(error)}
 
 
+def _exit_with(trainer: int, worker: int) -> None:
+    """End this loader worker once ``trainer`` is gone. A worker started from a forkserver is
+    the forkserver's child, so DataLoader's own check (is my parent alive?) never fires and a
+    training process killed with SIGKILL would leave its workers (and forkserver) forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            try:
+                os.kill(trainer, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name=f"worker {worker}: exit with trainer").start()
+
+
 def check_unit(unit: dict) -> dict:
     """``unit`` itself, unless it reports a reader's UserError (a corrupt shard...): raised."""
     if "error" in unit:
@@ -274,7 +294,11 @@ def make_loader(stream: PretrainStream) -> DataLoader:
     # Workers start from a clean forkserver, not a fork of this process: a fork inherits the
     # locked state of OpenCV's thread pool and of fsspec's/Ray's threads and can hang forever.
     extra = (
-        {"prefetch_factor": stream.config.prefetch, "multiprocessing_context": "forkserver"}
+        {
+            "prefetch_factor": stream.config.prefetch,
+            "multiprocessing_context": "forkserver",
+            "worker_init_fn": partial(_exit_with, os.getpid()),
+        }
         if workers
         else {}
     )
@@ -286,8 +310,6 @@ def loader_throughput(shards: str | Path, task: Task, batches: int, micro_batch:
     """Samples/s of one reader in this process (read + member checks + shuffle + PNG decode +
     flips + collate): what one loader worker delivers for ``task``; the shuffle buffer is
     filled before the clock starts."""
-    import time
-
     config = LoaderConfig(micro_batch=micro_batch, workers=0, shuffle_buffer=256)
     batcher = ShardSet.open(shards).stream(task, (0, 0), 0, 1, config)
     batcher.batch()  # fills the buffer

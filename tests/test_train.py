@@ -62,6 +62,23 @@ def read_log(run: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(pretrain_command(train_shards, reference), check=True, env=ENV)
@@ -69,8 +86,13 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(train_shards, tm
     process = subprocess.Popen(pretrain_command(train_shards, killed), env=ENV)
     while not (killed / "checkpoint.pt").exists() and process.poll() is None:
         time.sleep(0.02)
+    helpers = descendants(process.pid)  # its forkserver and loader worker
     process.send_signal(signal.SIGKILL)
     process.wait()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert helpers and not any(Path(f"/proc/{pid}").exists() for pid in helpers)
     saved_step = load_train_state(killed / "checkpoint.pt").step
     assert 2 <= saved_step < 6, "the run ended before it could be killed"
     with pytest.raises(subprocess.CalledProcessError):  # no silent overwrite of a run
