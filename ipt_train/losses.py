@@ -23,12 +23,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather
 
 SUPCON_WEIGHT = 0.1  # λ
 SUPCON_TEMPERATURE = 0.07  # τ
 # Cost at the paper's global batch of 256 images (65,536 tokens of 576): each micro-step gathers
-# 151 MB of float32 keys on every rank (and sends as much back in the backward pass); a chunk of
+# 151 MB of float32 keys on every rank (and all-reduces that much in the backward pass); a chunk of
 # 1024 anchors against 65,536 keys is a 268 MB float32 matrix, a few of them alive at once.
 DEFAULT_CHUNK_ROWS = 1024
 
@@ -90,8 +89,29 @@ def _gather_keys(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(every rank's z stacked in rank order [W·m, E], index of this rank's first row in it).
 
     Differentiable: the backward sums all ranks' gradients of rank r's rows into rank r's z."""
-    keys = torch.cat(all_gather(z), dim=0)
-    return keys, dist.get_rank() * z.shape[0]
+    return _GatherRows.apply(z), dist.get_rank() * z.shape[0]
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows [m, E] stacked in rank order [W·m, E] (all ranks pass the same m).
+
+    Written out rather than torch.distributed.nn.functional.all_gather, which torch deprecates
+    (a FutureWarning on every rank and step) for functions that older torch lacks. Backward
+    all-reduces the whole gradient and keeps this rank's rows: about twice the traffic of a
+    reduce-scatter, but an op every backend (gloo included) has in every torch release."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        ctx.rows = slice(dist.get_rank() * rows.shape[0], (dist.get_rank() + 1) * rows.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        dist.all_reduce(summed)
+        return summed[ctx.rows]
 
 
 def _row_chunks(rows: int, chunk_rows: int) -> list[slice]:
