@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ipt_data.errors import UserError
-from ipt_data.remote import SetLocation, open_location, open_read, read_set_manifest
+from ipt_data.remote import SetLocation, open_read, open_set_location, read_set_manifest
 from ipt_data.safety import read_samples
 from ipt_data.tasks import Task
 from ipt_train.schedule import TaskMix
@@ -66,7 +66,7 @@ class ShardSet:
 
     @classmethod
     def open(cls, where: str | Path) -> ShardSet:
-        location = open_location(where)
+        location = open_set_location(where)  # a folder, URL or its manifest.json
         manifest, _ = read_set_manifest(location)
         return cls(location, manifest)
 

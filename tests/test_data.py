@@ -175,6 +175,8 @@ def test_shard_set_at_a_url_streams_the_same_batches(train_shards):
     with http_server(train_shards) as server:
         remote = list(stream(server.url, range(0, 3)))
         assert any(path.endswith(".tar") for path in server.hits)
+        by_manifest = ShardSet.open(f"{server.url}/manifest.json")  # as copied from a browser
+        assert by_manifest.manifest == ShardSet.open(train_shards).manifest
     for a, b in zip(local, remote, strict=True):
         assert (a["step"], a["task"]) == (b["step"], b["task"])
         assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
