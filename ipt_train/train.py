@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
@@ -272,7 +273,24 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     for group in optimizer.param_groups:  # a saved state brings its own flags: keep ours
         group.update(ADAM_IMPLEMENTATIONS["fused"])
     restore_rng(state.rng)
+    _say_data_order_changes(state.run.get("data_order", {}), job.notes.get("data_order", {}), env)
     return state.step
+
+
+def _say_data_order_changes(saved: dict, now: dict, env: DistEnv) -> None:
+    """A resume on other hardware (processes, loader workers, ...) is allowed; each reader's
+    share of the shards then differs, so the samples from here on are not those an uninterrupted
+    run would have read. Rank 0 says so on stderr."""
+    changed = [
+        f"{key} {saved[key]} -> {new}" for key, new in now.items() if saved.get(key, new) != new
+    ]
+    if changed and env.rank == 0:
+        print(
+            f"--resume: {', '.join(changed)}: the data order from here on differs from the "
+            "uninterrupted run's",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _changes(saved: dict, identity: dict, notes: dict) -> str:
@@ -496,7 +514,11 @@ def stream_job(
         stream = PretrainStream(source, mix, seed, steps, accum, env.rank, env.world, loader)
         return make_loader(stream)
 
-    return Job(model, mix, slot, batches, loader.micro_batch, identity, notes or {})
+    # Settings a resume may change, though the data order from there on changes (said, not refused)
+    order = {"processes": env.world, "workers": loader.workers}
+    order |= {"shuffle_buffer": loader.shuffle_buffer, "augment": loader.augment}
+    notes = {**(notes or {}), "data_order": order}
+    return Job(model, mix, slot, batches, loader.micro_batch, identity, notes)
 
 
 def train_and_export(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
