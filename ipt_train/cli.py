@@ -178,7 +178,7 @@ def pretrain(shards, preset, tasks, task_weights, **options):
 
 
 @main.command("eval")
-@click.option("--ckpt", type=click.Path(dir_okay=False), help="Checkpoint (official or ours).")
+@click.option("--ckpt", type=click.Path(), help="Checkpoint (official or ours).")
 @click.option("--baseline", is_flag=True, help="Score the input itself (bicubic for SR).")
 @click.option("--task", "task_name", required=True, help="sr_x2, sr_x3, sr_x4, derain, denoise_30…")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark folder (Set5-style…).")
@@ -204,7 +204,7 @@ def evaluate(ckpt, baseline, task_name, data, seed, overlap, self_ensemble, devi
 
 
 @main.command()
-@click.option("--init", required=True, type=click.Path(dir_okay=False), help="Pretrained ckpt.")
+@click.option("--init", required=True, type=click.Path(), help="Pretrained ckpt.")
 @click.option("--task", "task_name", required=True, help="Task to fine-tune, e.g. sr_x2.")
 @click.option("--shards", default=None, help="Shard set (folder or URL) holding the task.")
 @click.option("--clean", default=None, type=click.Path(), help="Clean images, corrupted live.")
@@ -227,7 +227,7 @@ def finetune(init, task_name, shards, clean, pairs, **options):
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="[RUN/loss.png]")
 @click.option("--window", default=20, show_default=True, help="Steps averaged per point.")
-@click.option("--grid-ckpt", default=None, type=click.Path(dir_okay=False), help="Model to show.")
+@click.option("--grid-ckpt", default=None, type=click.Path(), help="Model to show.")
 @click.option("--grid-task", default="sr_x2", show_default=True, help="SR task of the grid.")
 @click.option("--grid-image", multiple=True, type=click.Path(dir_okay=False), help="HR image(s).")
 def plot(run, out, window, grid_ckpt, grid_task, grid_image):

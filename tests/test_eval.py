@@ -102,6 +102,7 @@ def test_rain_pairs_and_one_line_errors(sample_photos, tmp_path):
         ["--task", "sr_x2", "--data", str(tmp_path)],
         ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "rain" / "rain-1.png")],
         ["--baseline", "--task", "sr_x2", "--data", str(tmp_path / "wrong_lr")],
+        ["--ckpt", str(tmp_path), "--task", "sr_x2", "--data", str(tmp_path / "wrong_lr")],
     ):
         result = ipt_eval(*args)
         assert result.returncode != 0 and result.stderr.startswith("Error:"), (args, result.stderr)
