@@ -401,7 +401,7 @@ def sole_writer(location: SetLocation) -> Iterator[None]:
 def check_writable(location: SetLocation) -> None:
     """Refuse a location that cannot be written to: an http(s) URL (read-only in fsspec), or a
     local path that is a file (or lies under one) rather than a folder."""
-    if location.url.startswith(("http://", "https://")):
+    if _is_http(location.url):
         raise UserError(
             f"{location.url}: cannot write to an http(s) URL; use a folder or s3://… (any "
             "writable fsspec URL)"

@@ -13,7 +13,6 @@ same unit stream as pretraining (:class:`ipt_train.data.PretrainStream`):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
-from ipt_data.fileio import read_bytes
+from ipt_data.fileio import file_sha256, read_bytes
 from ipt_data.patches import ImageTooSmall, cut_pairs
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import INPUT_SIZE, Task, get_task
@@ -74,13 +73,6 @@ def initial_model(path: str | Path, task: Task) -> IPT:
         f"{path}: a model with task scales {model.cfg.scales} cannot start {task.name} "
         f"fine-tuning (needs the 6-task layout or a single-task x{task.scale} one)"
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes: the identity of a run's --init checkpoint (a resumed run
-    must start from the same weights, wherever the file now lies)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class CleanFolder:

@@ -14,11 +14,12 @@ import torch
 from test_train_support import build_train_shards, tiny_checkpoint
 
 from ipt_data.errors import UserError
+from ipt_data.fileio import file_sha256
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
 from ipt_train.data import LoaderConfig
 from ipt_train.evaluate import EvalConfig, evaluate
-from ipt_train.finetune import FinetuneConfig, file_sha256, finetune, initial_model
+from ipt_train.finetune import FinetuneConfig, finetune, initial_model
 from ipt_train.train import TrainConfig
 from ipt_train.trainstate import load_train_state
 
