@@ -30,7 +30,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
@@ -212,40 +211,11 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
 
 def make_optimizer(parameters, lr: float, implementation: str = "fused") -> torch.optim.Adam:
     """Adam β (0.9, 0.999). Fused (one kernel over all tensors) by default: the fastest on
-    CUDA by PyTorch's documentation, and on this CPU (``adam_benchmark``, README) its step is
+    CUDA by PyTorch's documentation, and on this CPU (``bench.adam_benchmark``, README) its step is
     2.5-5.5x faster than the default per-tensor loop and than foreach."""
     return torch.optim.Adam(
         parameters, lr=lr, betas=(0.9, 0.999), **ADAM_IMPLEMENTATIONS[implementation]
     )
-
-
-def adam_benchmark(preset: str = "ipt-tiny", batch: int = 4, rounds: int = 9) -> dict:
-    """Median milliseconds of ``optimizer.step()`` and of the whole training step (forward, L1 +
-    SupCon, backward, step; sr_x2 slot, random data) per Adam implementation, on the CPU, the
-    implementations taking turns each round so that load from elsewhere hits them alike."""
-    torch.manual_seed(0)
-    model = IPT(PRESETS[preset]())
-    x, y = torch.rand(batch, 3, 48, 48) * 255, torch.rand(batch, 3, 96, 96) * 255
-    optimizers = {
-        name: make_optimizer(model.parameters(), 1e-9, name) for name in ADAM_IMPLEMENTATIONS
-    }
-    times: dict[str, list] = {name: [] for name in optimizers}
-    for round_ in range(rounds + 1):  # round 0 creates the optimizer states, untimed
-        for name, optimizer in optimizers.items():
-            start = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            output, feats = model(x, 0, return_features=True)
-            pretrain_loss(output, y, feats)[0].backward()
-            middle = time.perf_counter()
-            optimizer.step()
-            end = time.perf_counter()
-            if round_:
-                times[name].append((end - middle, end - start))
-    return {
-        f"{name} {part} ms": round(1000 * float(np.median([t[i] for t in spans])), 1)
-        for name, spans in times.items()
-        for i, part in enumerate(("optimizer.step", "whole step"))
-    }
 
 
 def _segments(start: int, steps: int, every: int) -> list[range]:
