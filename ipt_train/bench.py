@@ -34,7 +34,7 @@ from ipt_train.losses import pretrain_loss, supcon_of_anchors
 from ipt_train.model import IPT, PRESETS, IPTConfig
 from ipt_train.restore import blend_scores, pick_device
 from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
-from ipt_train.train import ADAM_IMPLEMENTATIONS, make_optimizer
+from ipt_train.train import ADAM_IMPLEMENTATIONS, TRAINING_ADAM, make_optimizer
 
 # Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
 PEAK_TFLOPS = {
@@ -126,7 +126,7 @@ class Runner:
     code, whose trainer builds a plain ``optim.Adam``."""
 
     def __init__(
-        self, model: torch.nn.Module, bench: BenchConfig, x, target, adam: str = "fused"
+        self, model: torch.nn.Module, bench: BenchConfig, x, target, adam: str = TRAINING_ADAM
     ) -> None:
         self.model, self.bench, self.x, self.target = model, bench, x, target
         self.device = x.device
@@ -282,7 +282,7 @@ def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -
         "amp": bench.amp,
         "compile": bench.compile,
         "steps": bench.steps,
-        "adam": "fused",
+        "adam": TRAINING_ADAM,
     }
     runners = [Runner(torch.compile(ours) if bench.compile else ours, bench, x, target)]
     if bench.official_dir is not None:

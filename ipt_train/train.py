@@ -50,6 +50,7 @@ ADAM_IMPLEMENTATIONS = {
     "foreach": {"foreach": True, "fused": None},
     "fused": {"foreach": None, "fused": True},
 }
+TRAINING_ADAM = "fused"  # the implementation ipt-train pretrain / finetune run (see make_optimizer)
 BUCKET_ELEMENTS = 1 << 24  # gradients reduced per all-reduce call (64 MB of float32)
 LOG_FIELDS = (
     "step",
@@ -209,7 +210,7 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     return result
 
 
-def make_optimizer(parameters, lr: float, implementation: str = "fused") -> torch.optim.Adam:
+def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -> torch.optim.Adam:
     """Adam β (0.9, 0.999). Fused (one kernel over all tensors) by default: the fastest on
     CUDA by PyTorch's documentation, and on this CPU (``bench.adam_benchmark``, README) its step is
     2.5-5.5x faster than the default per-tensor loop and than foreach."""
@@ -239,9 +240,12 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     if changes:
         raise UserError(f"--resume: the run at {path} was started differently: {changes}")
     job.model.load_state_dict(state.model.state_dict())
+    own_flags = [
+        {key: group[key] for key in ("foreach", "fused")} for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state.optimizer)
-    for group in optimizer.param_groups:  # a saved state brings its own flags: keep ours
-        group.update(ADAM_IMPLEMENTATIONS["fused"])
+    for group, flags in zip(optimizer.param_groups, own_flags, strict=True):
+        group.update(flags)  # a saved state brings the flags it was saved with: keep ours
     restore_rng(state.rng)
     _say_data_order_changes(state.run.get("data_order", {}), job.notes.get("data_order", {}), env)
     return state.step
