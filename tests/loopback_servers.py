@@ -6,6 +6,7 @@
   answering each request (a distant object store's time to first byte).
 * :func:`s3_server`: moto's S3-compatible server in a thread, emptied, with dummy credentials and
   its endpoint in ``AWS_*`` variables for the duration.
+* :func:`free_port`: a TCP port nobody listens on now (for Ray, torchrun and their kin).
 * :func:`tiny_set`: a shard set built once per test session by ``ipt-data build`` (real Ray) from
   the sample photographs: tasks sr_x2 and denoise_30, 2 patches per image, 3 shards per task.
 """
@@ -17,6 +18,7 @@ import functools
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +31,13 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

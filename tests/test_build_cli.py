@@ -8,13 +8,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from loopback_servers import free_port
 from test_build import make_source_tree, shard_hashes
 
 IPT_DATA = str(Path(sys.executable).parent / "ipt-data")
@@ -28,12 +28,6 @@ CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, sample_photos) -> Path:
     return make_source_tree(tmp_path_factory.mktemp("src"), sample_photos)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _start_group(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -146,7 +140,7 @@ def test_interrupted_then_rerun_resumes_to_the_uninterrupted_bytes(
 def two_node_cluster(tmp_path):
     """`ray start --head` plus a second `ray start --address`, one CPU each, separate ports;
     both process groups are killed at teardown whatever happens."""
-    port = _free_port()
+    port = free_port()
     common = ["--block", "--num-cpus=1", "--object-store-memory=100000000"]
     common += ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     nodes = []
@@ -157,8 +151,8 @@ def two_node_cluster(tmp_path):
                 [f"--address=127.0.0.1:{port}"],
             ]
         ):
-            ports = [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
-            ports.append(f"--dashboard-agent-listen-port={_free_port()}")
+            ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+            ports.append(f"--dashboard-agent-listen-port={free_port()}")
             log = tmp_path / f"node{index}.log"
             nodes.append(_start_group([RAY, "start", *role, *common, *ports], log, CLUSTER_ENV))
             _wait_for(lambda log=log: b"block forever" in log.read_bytes(), 120, f"node {index}")

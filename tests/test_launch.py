@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from loopback_servers import free_port
 from test_train_support import build_train_shards
 
 from ipt_data.errors import UserError
@@ -17,12 +17,6 @@ from ipt_train.launch import LaunchConfig, torchrun_arguments
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
 
 
 def pretrain_arguments(shards: Path, out: Path) -> list:

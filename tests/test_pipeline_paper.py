@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
+from loopback_servers import free_port
 
 from ipt_data.decode import decode_image
 from ipt_data.fileio import read_bytes
@@ -28,12 +28,6 @@ TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 SCALES = {"sr_x2": 2, "sr_x3": 3, "sr_x4": 4}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
-
-
 def _smoke_env(tmp_path: Path, **knobs: str) -> dict[str, str]:
     """The smoke-run knobs (ipt-tiny, one node of two CPU processes, two steps a stage)."""
     smoke = {
@@ -44,7 +38,7 @@ def _smoke_env(tmp_path: Path, **knobs: str) -> dict[str, str]:
         "CONFIG": "ipt-tiny",
         "NNODES": "1",
         "NPROC_PER_NODE": "2",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "DEVICE": "cpu",
         "STEPS": "2",
         "BATCH": "4",
