@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ipt_data.errors import UserError
 from ipt_data.tasks import Task, get_task
 from ipt_train.losses import pretrain_loss, supcon_of_anchors
-from ipt_train.model import IPT, PRESETS, IPTConfig
+from ipt_train.model import IPT, IPTConfig, preset_config
 from ipt_train.restore import blend_scores, pick_device
 from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
 from ipt_train.train import ADAM_IMPLEMENTATIONS, TRAINING_ADAM, make_optimizer
@@ -391,10 +391,8 @@ def bench_from_options(
     task = get_task(task_name)
     if compare_blends:
         return _blend_figures(compare_blends, ckpt, task, timing)
-    if preset not in PRESETS:
-        raise UserError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
     try:
-        cfg = PRESETS[preset](scales=parse_scales(scales))
+        cfg = preset_config(preset, scales=parse_scales(scales))
     except ValueError as error:
         raise UserError(str(error)) from None
     official = timing.pop("official")
@@ -424,7 +422,7 @@ def adam_benchmark(preset: str = "ipt-tiny", batch: int = 4, rounds: int = 9) ->
     SupCon, backward, step; sr_x2 slot, random data) per Adam implementation, on the CPU, the
     implementations taking turns each round so that load from elsewhere hits them alike."""
     torch.manual_seed(0)
-    model = IPT(PRESETS[preset]())
+    model = IPT(preset_config(preset))
     x, y = torch.rand(batch, 3, 48, 48) * 255, torch.rand(batch, 3, 96, 96) * 255
     optimizers = {
         name: make_optimizer(model.parameters(), 1e-9, name) for name in ADAM_IMPLEMENTATIONS

@@ -40,7 +40,7 @@ from ipt_data.tasks import TASKS, parse_tasks
 from ipt_train.checkpoint import export_official
 from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, check_unit, make_loader
 from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
-from ipt_train.model import IPT, PRESETS
+from ipt_train.model import IPT, preset_config
 from ipt_train.restore import pick_device
 from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
@@ -455,10 +455,7 @@ class PretrainConfig:
 def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
     """Multi-task pretraining of a 6-task IPT from a shard set; writes ``OUT/checkpoint.pt``
     (resumable) and ``OUT/model.pt`` (official layout) at the end."""
-    if setup.preset not in PRESETS:
-        raise UserError(
-            f"unknown model preset {setup.preset!r}; choose one of {', '.join(PRESETS)}"
-        )
+    model_config = preset_config(setup.preset)
     tasks = parse_tasks(setup.tasks)
     mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
     shard_set = ShardSet.open(setup.shards)
@@ -473,7 +470,7 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
     )
     with distributed(config.device) as env:
         torch.manual_seed(config.seed)
-        model = IPT(PRESETS[setup.preset]()).to(env.device)
+        model = IPT(model_config).to(env.device)
         slot = lambda name: TASKS[name].index  # noqa: E731
         job = stream_job(model, mix, slot, shard_set, setup.loader, config.seed, env, identity)
         return train_and_export(config, job, env)

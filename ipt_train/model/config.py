@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ipt_data.errors import UserError
+
 # Slot order of the official 6-task checkpoint: sr_x2, sr_x3, sr_x4, derain, denoise_30, denoise_50.
 PRETRAIN_SCALES = (2, 3, 4, 1, 1, 1)
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # the DIV2K mean the official MeanShift convs remove
@@ -71,3 +73,11 @@ def ipt_tiny(scales: tuple[int, ...] = PRETRAIN_SCALES) -> IPTConfig:
 
 
 PRESETS = {"ipt-full": ipt_full, "ipt-tiny": ipt_tiny}
+
+
+def preset_config(name: str, **overrides) -> IPTConfig:
+    """The config of preset ``name`` (``overrides``, e.g. scales, passed to it); an unknown name
+    is a UserError listing the presets."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name](**overrides)
