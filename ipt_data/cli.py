@@ -162,14 +162,14 @@ def build(
 def verify(shards: str, workers: int | None, no_progress: bool) -> None:
     """Re-hash and decode every shard of the set SHARDS (a folder, or a URL: http(s)://,
     s3://, any fsspec URL; remote shards are fetched one at a time) against its manifest."""
-    from ipt_data.errors import UserError
+    from ipt_data.errors import UserError, printable
     from ipt_data.verify import verify_shard_set
 
     report = verify_shard_set(shards, workers, progress=not no_progress)
     for name, problem in report.problems.items():
-        click.echo(f"BAD {name}: {problem}")
+        click.echo(printable(f"BAD {name}: {problem}"))
     for name in report.unlisted:
-        click.echo(f"UNLISTED {name}: not in the manifest (readers ignore it)")
+        click.echo(printable(f"UNLISTED {name}: not in the manifest (readers ignore it)"))
     if not report.ok:
         raise UserError(f"{len(report.problems)} of {report.shards} shards are bad")
     click.echo(f"OK: {report.shards} shards, {report.samples} samples")
@@ -245,8 +245,8 @@ def push(
 @click.option("--draws", default=1, show_default=True, help="Rain layers drawn per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rain_stats(folder: str, pairs: bool, heavy: bool, seed: int, draws: int, as_json: bool) -> None:
-    """Rain-streak statistics (SPEC §3) of our rain over every clean image in FOLDER, or of the
-    real pairs in FOLDER with --pairs."""
+    """Rain-streak statistics (docs/corruptions.md) of our rain over every clean image in FOLDER,
+    or of the real pairs in FOLDER with --pairs."""
     import json
 
     from ipt_data.rainstats import format_summary, rain_statistics

@@ -59,8 +59,18 @@ class UserErrorGroup(click.Group):
             raise _click_error(error) from None
 
 
+def printable(text: str) -> str:
+    """``text`` with non-printable characters (C0 and C1 controls, ...) escaped, newlines kept:
+    strings from someone else's manifest or tar members reach messages, and must not send
+    escape sequences to the user's terminal."""
+    return "".join(
+        char if char.isprintable() or char == "\n" else repr(char)[1:-1] for char in text
+    )
+
+
 def _click_error(error: UserError) -> click.ClickException:
-    """The click exception that prints ``Error: <message>`` and exits with the error's code."""
-    failure = click.ClickException(str(error))
+    """The click exception that prints ``Error: <message>`` (escaped: :func:`printable`) and exits
+    with the error's code."""
+    failure = click.ClickException(printable(str(error)))
     failure.exit_code = getattr(error, "exit_code", failure.exit_code)
     return failure

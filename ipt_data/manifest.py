@@ -1,4 +1,4 @@
-"""``manifest.json``: what a shard set holds and how it was made (SPEC §4).
+"""``manifest.json``: what a shard set holds and how it was made (docs/format.md).
 
 The manifest is the build's identity (format and tool version, build parameters, source
 fingerprint) plus its result (per task: shards with sample count, byte size and sha256, images
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ipt_data import __version__
@@ -107,6 +108,26 @@ TASK_FIELDS = {
 }
 
 
+def _check_subset_of(subset: object, fail: Callable[[str], None]) -> None:
+    """``subset_of`` (a subset copied by ``ipt-data pull --tasks/--shards``): the source's URL
+    and manifest sha256, and the selection, a dict of ``tasks`` (a list of names or "all") and
+    ``shards`` ("START:STOP")."""
+    selection = subset.get("selection") if isinstance(subset, dict) else None
+    if not (
+        isinstance(subset, dict)
+        and isinstance(subset.get("source"), str)
+        and isinstance(subset.get("manifest_sha256"), str)
+        and isinstance(selection, dict)
+        and isinstance(selection.get("shards"), str)
+        and (selection.get("tasks") == "all" or _is_str_list(selection.get("tasks")))
+    ):
+        fail("'subset_of' lacks source/manifest_sha256/selection (tasks, shards)")
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def validate_manifest(manifest: object, where: str) -> None:
     """Refuse (:class:`UserError` naming ``where``) a manifest that is not a well-formed
     manifest of this format (each of :data:`REQUIRED_FIELDS`, :data:`TASK_FIELDS` and
@@ -132,8 +153,8 @@ def validate_manifest(manifest: object, where: str) -> None:
             fail(f"{path!r} is missing or not {_KIND_NAMES[kind]}")
     if not all(_is(count, int) for count in manifest["images"]["skipped"].values()):
         fail("'images.skipped' holds a count that is not an int")
-    if not isinstance(manifest.get("subset_of", {}), dict):
-        fail("'subset_of' is not an object")
+    if "subset_of" in manifest:
+        _check_subset_of(manifest["subset_of"], fail)
     for name, task in manifest["tasks"].items():
         if not _TASK_NAME.match(name):
             fail(f"task name {name!r} is not letters, digits and underscores")

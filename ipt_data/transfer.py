@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipt_data.errors import UserError
+from ipt_data.errors import UserError, printable
 from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.progress import progress_bar
@@ -63,7 +63,8 @@ from ipt_data.safety import scan_shard
 
 MARKER = "_transfer/source.json"
 RETRIES = 3
-# Shards copied at once. Measured with scripts/bench_transfer.py (50 ms per request, README):
+# Shards copied at once. Measured with benchmarks/transfer.py (50 ms per request; record in
+# benchmarks/results/transfer_xeon2c_2026-11-27.md):
 # the pull time falls about in proportion up to here; threads mostly wait, so 2 cores suffice.
 DEFAULT_JOBS = 8
 
@@ -373,7 +374,7 @@ def summary_line(result: TransferResult) -> str:
         kind = f"subset (tasks {tasks}, shards {picked['shards']}) of {subset['source']}"
     else:
         kind = "the complete set"
-    return (
+    return printable(
         f"copied {result.copied} shards ({result.bytes_copied:,} bytes), {result.skipped} were "
         f"already in place; {kind}; manifest: {result.manifest_path}"
     )

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ipt_data.errors import UserError
+from ipt_data.errors import UserError, printable
 from ipt_data.fileio import file_sha256
 from ipt_data.manifest import MANIFEST_NAME
 from ipt_data.progress import progress_bar
@@ -228,13 +228,7 @@ def describe_shard_set(shard_set: str | Path) -> list[str]:
             f"{name:12s} {task['input_size']:>6d} {task['target_size']:>7d} {task['samples']:>10d} "
             f"{len(task['shards']):>7d} {task['bytes']:>14,d} {task['too_small']:>9d}"
         )
-    return [_printable(line) for line in lines]
-
-
-def _printable(text: str) -> str:
-    """``text`` with non-printable characters escaped: a manifest from someone else must not
-    send escape sequences to the user's terminal (its strings reach these lines)."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return [printable(line) for line in lines]
 
 
 def _subset_lines(manifest: dict) -> list[str]:

@@ -318,6 +318,8 @@ def _mutated(manifest: dict, change: str) -> object:
         manifest["tasks"]["sr_x2"].pop("input_size")
     elif change == "task_name_escape":
         manifest["tasks"]["x\x1b[2J"] = manifest["tasks"].pop("denoise_30")
+    elif change == "subset_without_selection":
+        manifest["subset_of"] = {"source": "https://example.org/set"}
     return manifest
 
 
@@ -340,6 +342,8 @@ def _mutated(manifest: dict, change: str) -> object:
         ("no_input_size", "task 'sr_x2': 'input_size' is missing"),
         # a task name is printed by info: no terminal escape sequences in it
         ("task_name_escape", "is not letters, digits and underscores"),
+        # pull's summary reads the selection: a finished copy ended in a KeyError traceback
+        ("subset_without_selection", "'subset_of' lacks source/manifest_sha256/selection"),
     ],
 )
 def test_malformed_manifests_are_one_clear_error(shard_set, tmp_path, change, message):
@@ -371,3 +375,21 @@ def test_info_escapes_what_it_prints_from_a_manifest(shard_set, tmp_path):
     assert run.exit_code == 0, run.output
     assert "\x1b" not in run.output and "\x07" not in run.output
     assert "ipt-data 0.1\\x1b[2J)" in run.output and "odd\\x07reason 1" in run.output
+
+
+def test_pull_summary_and_error_lines_escape_control_characters(shard_set, tmp_path):
+    """C1 controls (U+009B is a one-byte CSI on many terminals) are escaped like C0 ones, in the
+    summary of a pull and in every Error line."""
+    site = copy_set(shard_set, tmp_path / "site")
+    manifest = json.loads((site / "manifest.json").read_bytes())
+    selection = {"tasks": "all", "shards": "0:"}
+    manifest["subset_of"] = {"source": "x\x9b2J", "manifest_sha256": "0", "selection": selection}
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    with http_server(site) as server:
+        run = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "dest")], color=True)
+    assert run.exit_code == 0, run.output
+    assert "\x9b" not in run.output and "of x\\x9b2J;" in run.output
+    missing = CliRunner().invoke(main, ["info", str(tmp_path / "gone\x1b[2J\x9b")], color=True)
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    assert "\x1b" not in missing.output and "\x9b" not in missing.output
+    assert "gone\\x1b[2J\\x9b" in missing.output
