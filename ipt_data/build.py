@@ -1,4 +1,4 @@
-"""``build_shards``: source folder -> a complete shard set (SPEC §4, §5).
+"""``build_shards``: source folder -> a complete shard set (docs/building.md, docs/format.md).
 
 The stages are chained one way: the source list is cut into chunks (``sources``), each chunk is
 one Ray task (``distributor``) that decodes, corrupts, packs and writes that chunk's shard of
@@ -41,7 +41,8 @@ from ipt_data.worker import STATE_FOLDER, ChunkJob, ChunkStats, shard_name, stat
 
 PARAMS_NAME = f"{STATE_FOLDER}/params.json"
 
-# Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (README):
+# Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (record in
+# benchmarks/results/build_xeon2c_2026-11-27.md):
 # 82 kB (derain) .. 102 kB (denoise) .. 172 / 321 / 529 kB (sr_x2 / x3 / x4). 1000 images per
 # shard gives shards of 82-529 MB, 1282 shards per task for ImageNet-1k train.
 DEFAULT_IMAGES_PER_SHARD = 1000
@@ -139,11 +140,11 @@ def _pending(location: SetLocation, jobs: list[ChunkJob]) -> list[ChunkJob]:
     """The jobs whose chunk is not done: no stats file (done-marker) yet, or a shard of it gone
     since (deleted by hand, or lost by the storage), which the chunk then writes again rather
     than the manifest listing a file that is not there. One listing per folder."""
-    listed = {STATE_FOLDER} | {name for job in jobs for name in job.task_names}
+    listed = {STATE_FOLDER} | {task.name for job in jobs for task in job.tasks}
     present = {folder: set(list_names(location, folder)) for folder in listed}
 
     def done(job: ChunkJob) -> bool:
-        names = [stats_name(job.index)] + [shard_name(task, job.index) for task in job.task_names]
+        names = [stats_name(job.index)] + [shard_name(task.name, job.index) for task in job.tasks]
         return all(name.rpartition("/")[2] in present[name.partition("/")[0]] for name in names)
 
     return [job for job in jobs if not done(job)]
@@ -185,7 +186,7 @@ def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig)
             image_ids=chunk,
             root=str(sources.root.resolve()),
             out=location.root if location.is_local else location.url,
-            task_names=tuple(task.name for task in config.tasks),
+            tasks=tuple(config.tasks),
             patches_per_image=config.patches_per_image,
             seed=config.seed,
         )

@@ -28,7 +28,7 @@ from ipt_data.patches import ImageTooSmall, cut_pairs
 from ipt_data.remote import SetLocation, open_location, write_bytes
 from ipt_data.seeding import image_rng
 from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
-from ipt_data.tasks import Task, get_task
+from ipt_data.tasks import Task
 
 STATE_FOLDER = "_build"  # build parameters and per-chunk stats (done-markers) of a shard set
 _KEY_UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
@@ -43,7 +43,7 @@ class ChunkJob:
     image_ids: tuple[str, ...]
     root: str
     out: str  # the output's folder or URL
-    task_names: tuple[str, ...]
+    tasks: tuple[Task, ...]  # the build's own task objects, whose parameters the manifest states
     patches_per_image: int
     seed: int
 
@@ -103,7 +103,7 @@ def process_chunk(
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
-    tasks = [get_task(name) for name in job.task_names]
+    tasks = list(job.tasks)
     stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})
     out = open_location(job.out)
     try:

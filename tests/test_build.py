@@ -21,8 +21,9 @@ from ipt_data.decode import decode_image
 from ipt_data.distributor import RayConfig
 from ipt_data.errors import UserError
 from ipt_data.imresize import downscale
+from ipt_data.rain import Rain
 from ipt_data.sources import open_sources, walk_sources
-from ipt_data.tasks import TASKS
+from ipt_data.tasks import TASKS, Task
 from ipt_data.worker import stats_name
 
 PATCHES = 3
@@ -289,6 +290,21 @@ def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
         for shard in manifest["tasks"]["denoise_30"]["shards"]
     ]
     assert firsts == ["n00000001/rocket.JPEG", "n00000000/chelsea.JPEG"]
+
+
+def test_a_task_built_from_the_python_api_uses_its_own_parameters(built, tree, tmp_path):
+    """The workers build the task objects the caller gave, whose parameters the manifest
+    records: heavy rain is heavy, not the table's light rain under a heavy-rain manifest."""
+    heavy = Task("derain", 3, Rain(heavy=True))
+    out = tmp_path / "heavy"
+    manifest = build_shards(walk_sources(tree), out, _config(workers=2, tasks=(heavy,))).manifest
+    assert manifest["params"]["tasks"]["derain"]["corruption"]["heavy"] is True
+
+    def rain_strength(folder: Path) -> float:
+        pairs = read_with_webdataset(folder, "derain")
+        return np.mean([np.abs(p["input.png"] - p["target.png"].astype(int)).mean() for p in pairs])
+
+    assert rain_strength(out) > 2 * rain_strength(built)
 
 
 def first_sample_source(path: Path) -> str:
