@@ -93,6 +93,8 @@ def comparison_grid(
     task = get_task(task_name)
     if task.scale == 1:
         raise UserError("the comparison grid is for SR tasks (bicubic is the baseline)")
+    if not images:
+        raise UserError("the comparison grid needs at least one HR image (--grid-image)")
     model = load_model(checkpoint)
     slot = slot_for_task(model.cfg, task)
     rows, scores = [], []

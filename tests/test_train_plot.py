@@ -72,3 +72,22 @@ def test_comparison_grid_rows_and_scores(refdata, tmp_path):
     grid = cv2.imread(str(tmp_path / "g.png"))
     assert grid.shape == (60 + 4, 3 * 70, 3)  # HR mod-cropped to 60x70, three panels, a gap
     assert scores[0]["bicubic"] > 25 and np.isfinite(scores[0]["model"])
+
+
+def test_a_grid_without_images_is_one_error_line(tmp_path):
+    """It was a traceback (max() of an empty sequence) after the loss plot was written."""
+    from click.testing import CliRunner
+
+    from ipt_train.cli import main
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", IPT(ipt_tiny()))
+    (tmp_path / "run").mkdir()
+    header = ",".join(LOG_FIELDS)
+    row = ",".join("1" if f == "step" else "sr_x2" if f == "task" else "0.5" for f in LOG_FIELDS)
+    (tmp_path / "run" / "log.csv").write_text(f"{header}\n{row}\n")
+    args = ["plot", str(tmp_path / "run"), "--grid-ckpt", str(tmp_path / "tiny.pt")]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 1, run.output
+    assert "Error: the comparison grid needs at least one HR image (--grid-image)" in run.output
+    assert "Traceback" not in run.output and not (tmp_path / "run" / "grid.png").exists()
