@@ -29,6 +29,10 @@ from ipt_data.fileio import write_bytes_atomic
 from ipt_data.tasks import Task
 from ipt_train.model import IPT, PRETRAIN_SCALES, IPTConfig
 
+# Attention heads of a model read from a file that does not record them (a plain state_dict):
+# the official code's default, which every preset uses too.
+PLAIN_NUM_HEADS = 12
+
 FORMAT = "ipt-train-checkpoint/1"
 StateDict = dict[str, torch.Tensor]
 
@@ -89,7 +93,7 @@ def strip_wrapper_prefixes(state: StateDict) -> StateDict:
     return clean
 
 
-def config_from_state_dict(state: StateDict, num_heads: int = 12) -> IPTConfig:
+def config_from_state_dict(state: StateDict, num_heads: int = PLAIN_NUM_HEADS) -> IPTConfig:
     """The IPTConfig whose model has exactly this state_dict's layout (heads: ``num_heads``)."""
     try:
         n_feats, n_colors = state["head.0.0.weight"].shape[:2]
@@ -136,7 +140,7 @@ def _tail_scale(state: StateDict, slot: int, n_feats: int) -> int:
 def build_model(state: StateDict, config: dict | None = None, num_heads: int | None = None) -> IPT:
     """An IPT holding ``state`` (loaded strictly; the model takes over its float32 tensors, no
     copy); ``num_heads`` overrides the saved config."""
-    heads = num_heads if num_heads is not None else (config or {}).get("num_heads", 12)
+    heads = num_heads if num_heads is not None else (config or {}).get("num_heads", PLAIN_NUM_HEADS)
     cfg = config_from_state_dict(state, num_heads=heads)
     with torch.device("meta"):  # no random init of weights that are overwritten at once
         model = IPT(cfg)

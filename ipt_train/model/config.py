@@ -1,6 +1,6 @@
 """The IPT model's configuration: one frozen dataclass and the named presets.
 
-``ipt_full()`` is the paper's model (SPEC §6): 64 features, 3x3 token patches of 48x48 inputs
+``ipt_full()`` is the paper's model (docs/model.md): 64 features, 3x3 token patches of 48x48 inputs
 (256 tokens of 576 values), 12 encoder + 12 decoder layers, 12 heads. Its default layout is the
 official 6-task pretraining checkpoint (``--scale 2+3+4+1+1+1``); ``ipt_full(scales=(3,))`` is the
 single-task x3 layout. ``ipt_tiny()`` keeps the structure at a size that trains on a CPU.
@@ -68,8 +68,10 @@ def ipt_full(scales: tuple[int, ...] = PRETRAIN_SCALES) -> IPTConfig:
 
 
 def ipt_tiny(scales: tuple[int, ...] = PRETRAIN_SCALES) -> IPTConfig:
-    """Same structure and 48x48 inputs, 1.82M parameters (6-task): for CPU tests and demos."""
-    return IPTConfig(scales=tuple(scales), n_feats=16, num_heads=4, num_layers=2)
+    """Same structure and 48x48 inputs, 1.82M parameters (6-task): for CPU tests and demos.
+    12 heads (of width 12), as ipt-full, so that its plain state_dict (``model.pt``), which does
+    not record the heads, loads back as the model that was trained."""
+    return IPTConfig(scales=tuple(scales), n_feats=16, num_heads=12, num_layers=2)
 
 
 PRESETS = {"ipt-full": ipt_full, "ipt-tiny": ipt_tiny}
