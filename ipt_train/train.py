@@ -2,9 +2,10 @@
 
 Each step trains one task, drawn from (seed, step) and so the same on every rank; the global
 batch is ``micro_batch x accum x world`` samples, ``accum`` micro-batches per rank and step. The
-loss is L1 + λ·SupCon of the body tokens (SPEC §7), Adam β (0.9, 0.999), lr from the schedule.
-SupCon's negatives are the tokens of every rank's micro-batch, gathered at each micro-step (so
-with ``accum`` > 1 they span ``micro_batch x world`` images, not the whole global batch).
+loss is L1 + λ·SupCon of the body tokens (docs/training.md), Adam β (0.9, 0.999), lr from the
+schedule. SupCon's negatives are the tokens of every rank's micro-batch, gathered at each
+micro-step (so with ``accum`` > 1 they span ``micro_batch x world`` images, not the whole global
+batch).
 
 Multi-process: ``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; the process group uses nccl on GPUs
 and gloo on CPUs. Only one head and tail take part in a step, so the model is not wrapped in
@@ -27,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from ipt_data.errors import UserError
 from ipt_data.progress import progress_bar
 from ipt_data.tasks import TASKS, parse_tasks
-from ipt_train.checkpoint import export_official
+from ipt_train.checkpoint import PLAIN_NUM_HEADS, export_official
 from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, check_unit, make_loader
 from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
 from ipt_train.model import IPT, preset_config
@@ -74,8 +75,9 @@ class TrainConfig:
     batch: int = 256  # global samples per step (paper: 256)
     schedule: LRSchedule = field(default_factory=LRSchedule)
     supcon_weight: float = SUPCON_WEIGHT
-    # SupCon negatives from every rank's micro-batch (SPEC §7: the other images of the batch);
-    # False: this rank's micro-batch only, whose cost per rank does not grow with the ranks.
+    # SupCon negatives from every rank's micro-batch (docs/training.md: the other images of
+    # the batch); False: this rank's micro-batch only, whose cost per rank does not grow with
+    # the ranks.
     supcon_across_ranks: bool = True
     compile: bool = False  # torch.compile the forward pass: one graph per task slot trained
     seed: int = 0
@@ -183,6 +185,9 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs."""
     out = Path(config.out)
     accum = accumulation(config, job.micro_batch, env.world)
+    # The data streams restart at the checkpoint steps: another interval reorders the data
+    order = {**job.notes.get("data_order", {}), "checkpoint_every": config.checkpoint_every}
+    job = replace(job, notes={**job.notes, "data_order": order})
     identity = {**job.identity, "batch": config.batch, "seed": config.seed}
     optimizer = make_optimizer(job.model.parameters(), config.schedule.lr)
     start = _start_step(config, job, optimizer, identity, env)
@@ -212,8 +217,8 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
 
 def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -> torch.optim.Adam:
     """Adam β (0.9, 0.999). Fused (one kernel over all tensors) by default: the fastest on
-    CUDA by PyTorch's documentation, and on this CPU (``bench.adam_benchmark``, README) its step is
-    2.5-5.5x faster than the default per-tensor loop and than foreach."""
+    CUDA by PyTorch's documentation, and on CPUs too (``bench.adam_benchmark``; records in
+    benchmarks/results/adam_*.md)."""
     return torch.optim.Adam(
         parameters, lr=lr, betas=(0.9, 0.999), **ADAM_IMPLEMENTATIONS[implementation]
     )
@@ -496,5 +501,13 @@ def train_and_export(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult
     """Train, then write ``OUT/model.pt``: the model's official-layout state_dict."""
     result = train(config, job, env)
     if env.rank == 0:
-        export_official(job.model, Path(config.out) / "model.pt")
+        path = Path(config.out) / "model.pt"
+        export_official(job.model, path)
+        heads = job.model.cfg.num_heads
+        if heads != PLAIN_NUM_HEADS:  # the plain file would load back as another model
+            print(
+                f"note: {path} does not record this model's {heads} attention heads: load it "
+                f"with num_heads={heads} (--num-heads), or use {STATE_NAME}, which does",
+                file=sys.stderr,
+            )
     return result

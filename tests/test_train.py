@@ -168,14 +168,15 @@ def test_resume_refuses_other_settings(train_shards, tmp_path):
         env=ENV,
     )
     assert result.returncode == 1 and "the training data differ" in result.stderr, result.stderr
-    moved = subprocess.run(  # other loader settings: allowed, and said
-        [*pretrain_command(train_shards, run, "--resume"), "--steps", "7", "--workers", "0"],
+    other = ("--steps", "7", "--workers", "0", "--checkpoint-every", "3")
+    moved = subprocess.run(  # other loader settings or checkpoint steps: allowed, and said
+        pretrain_command(train_shards, run, "--resume", *other),
         capture_output=True,
         text=True,
         env=ENV,
     )
     assert moved.returncode == 0, moved.stderr
-    said = "--resume: workers 1 -> 0: the data order from here on differs from the uninterrupted"
+    said = "--resume: workers 1 -> 0, checkpoint_every 2 -> 3: the data order from here on differs"
     assert said in moved.stderr
 
 
