@@ -1,10 +1,10 @@
 """MATLAB-exact bicubic resizing, the degradation of every super-resolution benchmark.
 
-``imresize(img, 1/s)`` reproduces MATLAB's ``imresize(img, 1/s, 'bicubic')`` (SPEC §3): a separable
-resize with the cubic kernel a = -0.5, widened by the factor when downscaling (antialiasing),
-symmetric borders, float64 arithmetic, and uint8 results rounded half away from zero. MATLAB
-resizes the dimension with the smaller scale first; with one scale for both that is height, then
-width, and so do we.
+``imresize(img, 1/s)`` reproduces MATLAB's ``imresize(img, 1/s, 'bicubic')``
+(docs/corruptions.md): a separable resize with the cubic kernel a = -0.5, widened by the factor
+when downscaling (antialiasing), symmetric borders, float64 arithmetic, and uint8 results rounded
+half away from zero. MATLAB resizes the dimension with the smaller scale first; with one scale for
+both that is height, then width, and so do we.
 """
 
 from __future__ import annotations

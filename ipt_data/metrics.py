@@ -1,4 +1,4 @@
-"""PSNR and SSIM as the published restoration tables compute them (SPEC §7).
+"""PSNR and SSIM as the published restoration tables compute them (docs/evaluation.md).
 
 SR and deraining tables (IPT among them) score the luma channel
 Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 of outputs rounded to 0..255, after shaving

@@ -1,4 +1,4 @@
-"""Gaussian noise: the ``denoise_30`` and ``denoise_50`` corruptions (SPEC §3)."""
+"""Gaussian noise: the ``denoise_30`` and ``denoise_50`` corruptions (docs/corruptions.md)."""
 
 from __future__ import annotations
 

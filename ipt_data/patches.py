@@ -1,6 +1,6 @@
 """Aligned patch pairs: a 48×48 corrupted input and its 48s×48s clean target, cut at aligned
-positions from the whole-image corruption (SPEC §3), never by corrupting a bare patch whose
-borders would come out wrong."""
+positions from the whole-image corruption (docs/corruptions.md), never by corrupting a bare
+patch whose borders would come out wrong."""
 
 from __future__ import annotations
 

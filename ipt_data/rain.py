@@ -1,4 +1,5 @@
-"""Rain streaks after Yang et al. (JORDER / Rain100L): the ``derain`` corruption (SPEC §3).
+"""Rain streaks after Yang et al. (JORDER / Rain100L): the ``derain`` corruption
+(docs/corruptions.md).
 
 ``O = clip(B + S, 0, 255)`` with ``S >= 0`` one gray layer added equally to R, G and B. ``S`` is
 made procedurally, after the image-editor recipe behind synthetic rain sets: sparse seeds of
@@ -10,8 +11,8 @@ To stay cheap (a few ms for a 500x375 image on one core), the seeds are placed o
 columns already run along the streak direction: the line kernel is then a vertical box filter,
 and one affine warp (bilinear) turns the canvas into the image frame.
 
-The constants below are calibrated (``ipt-data rain-stats``, see the README) so that light rain
-on scikit-image's colour photographs matches the real Rain100L layers tiled over them.
+The constants below are calibrated (``ipt-data rain-stats``; see docs/corruptions.md) so that
+light rain on scikit-image's colour photographs matches the real Rain100L layers tiled over them.
 """
 
 from __future__ import annotations
@@ -44,16 +45,17 @@ class StreakStyle:
     gain: float  # S along a lone streak from a seed of brightness 1, before the width blur
 
 
-# Rain100L: one family of thin light streaks; calibrated with `ipt-data rain-stats` (README).
+# Rain100L: one family of thin light streaks; calibrated with `ipt-data rain-stats`
+# (docs/corruptions.md).
 # With one brightness law (U**2, bounded, or with a power-law tail) the brightest 1% of streak
 # pixels stayed at 73-80 where Rain100L's reach ~100: lifting them that way moved energy out of
-# the mid-bright streaks that make SSIM 0.80 at the PSNR target, and SSIM rose (README). So the
+# the mid-bright streaks that make SSIM 0.80 at the PSNR target, and SSIM rose. So the
 # seeds come in two populations, as near and far drops would: 6% at 2.1x the far ones' maximum
 # (peaks 80-120 after the width blur and the warp) make the brightest 1% of the pixels without
 # a long tail far above 100 that would cost energy; the far ones' U**1.4 (flatter than U**2, as
 # the near drops take over the bright end) keeps the median S at 8; seed_probability and gain
 # then restore the touched fraction (0.37) and the PSNR (26.4 dB). The values are the
-# calibration of README's table.
+# calibration in benchmarks/results/rain-stats_xeon2c_2026-11-27.md.
 LIGHT = StreakStyle(
     cell_px=16,
     seed_probability=0.73,
@@ -79,7 +81,7 @@ HEAVY_LAYERS = 4
 HEAVY_LAYER_SPREAD_DEG = 6.0  # tilt of each heavy family around the image's common tilt
 
 TILT_SIGMA_DEG = 13.6  # tilt from vertical ~ N(0, 13.6°) ...
-TILT_LIMIT_DEG = 27.0  # ... redrawn until within ±27° (SPEC §3, measured on Rain100L)
+TILT_LIMIT_DEG = 27.0  # ... redrawn until within ±27° (docs/corruptions.md; measured on Rain100L)
 
 
 def draw_tilt(rng: np.random.Generator) -> float:

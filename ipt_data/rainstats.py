@@ -1,9 +1,10 @@
-"""Statistics of rain streak layers (SPEC §3), for real rainy/clean pairs and for our synthesis.
+"""Statistics of rain streak layers (docs/corruptions.md), for real rainy/clean pairs and for
+our synthesis.
 
 The streak layer of a pair is ``S = rainy - clean`` per pixel, averaged over R, G and B and
 clipped at 0 (gray, as the model adds it). Per image we measure:
 
-- ``psnr_y``, ``ssim_y``: rainy vs clean on the Y channel (SPEC §7);
+- ``psnr_y``, ``ssim_y``: rainy vs clean on the Y channel (docs/evaluation.md);
 - ``touched``: fraction of pixels with S >= 1; ``strong``: fraction with S >= 30;
 - ``median_touched``, ``p99_touched``: median and 99th percentile of S over the touched pixels;
 - ``rms``: root mean square of S over all pixels;

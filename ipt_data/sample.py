@@ -1,8 +1,8 @@
 """The built-in sample: the real colour photographs that scikit-image ships.
 
-Used by the README's demo, the benchmarks and the tests, since nothing can be downloaded at run
-time. scikit-image is an optional dependency (extra ``sample``); asking for the sample without it
-is a clear error, not a silent empty list.
+Used by the demo, the benchmarks and the tests, since nothing can be downloaded at run time.
+scikit-image is an optional dependency (extra ``sample``); asking for the sample without it is a
+clear error, not a silent empty list.
 """
 
 from __future__ import annotations

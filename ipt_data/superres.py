@@ -1,4 +1,5 @@
-"""Super-resolution inputs: MATLAB bicubic downscaling (SPEC §3), the ``sr_x2/3/4`` corruptions."""
+"""Super-resolution inputs: MATLAB bicubic downscaling (docs/corruptions.md), the ``sr_x2/3/4``
+corruptions."""
 
 from __future__ import annotations
 

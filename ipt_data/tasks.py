@@ -1,5 +1,5 @@
-"""The six IPT pretraining tasks (SPEC §2): name -> slot in the official 6-task checkpoint and
-the corruption that makes its input from a clean image.
+"""The six IPT pretraining tasks (docs/corruptions.md): name -> slot in the official 6-task
+checkpoint and the corruption that makes its input from a clean image.
 
 The table is plain Python: the code behind any task is one jump away (``BicubicDownscale`` in
 ``superres.py``, ``GaussianNoise`` in ``noise.py``, ``Rain`` in ``rain.py``).

@@ -1,4 +1,4 @@
-"""Streaming pretraining data: a shard set (SPEC §4) -> one micro-batch of one task per unit.
+"""Streaming pretraining data: a shard set (docs/format.md) -> one micro-batch of one task per unit.
 
 The training loop consumes *units* (micro-batches) in a fixed order: step s has ``accum`` units,
 all of the task ``TaskMix.task_at(seed, s)``. :class:`PretrainStream` produces exactly the units

@@ -1,4 +1,5 @@
-"""``ipt-train eval``: PSNR / SSIM of a checkpoint on the standard benchmark layouts (SPEC §7).
+"""``ipt-train eval``: PSNR / SSIM of a checkpoint on the standard benchmark layouts
+(docs/evaluation.md).
 
 * SR (``sr_x2/3/4``): ``DIR/HR/*.png`` (or a plain folder of HR images), with the LR inputs from
   ``DIR/LR_bicubic/X{s}/{name}x{s}.png`` where present, else made by MATLAB-exact bicubic from

@@ -1,4 +1,5 @@
-"""Fine-tuning (SPEC §7): one task from a pretrained IPT, lr 2e-5, the other heads/tails dropped.
+"""Fine-tuning (docs/training.md): one task from a pretrained IPT, lr 2e-5, the other
+heads/tails dropped.
 
 The model is the task's slot of the initial checkpoint moved to slot 0 (the layout of the
 official single-task checkpoints ``IPT_sr2.pt`` ...); a single-task checkpoint of the task's

@@ -1,4 +1,5 @@
-"""Pretraining losses (SPEC §7): L1 on the output plus λ·SupCon on the body's per-patch features.
+"""Pretraining losses (docs/training.md): L1 on the output plus λ·SupCon on the body's
+per-patch features.
 
 SupCon (Khosla et al. 2020) over the body tokens of a batch, N = 256 tokens per image: a token's
 positives are the other tokens of its own image, every other token of the batch is in its

@@ -1,4 +1,5 @@
-"""The pretraining schedule (SPEC §7): learning rate per step and the task trained at each step.
+"""The pretraining schedule (docs/training.md): learning rate per step and the task trained at
+each step.
 
 Both are pure functions of their arguments, so every rank computes the same values without
 communicating, and a resumed run continues exactly where the saved one was.

@@ -1,4 +1,4 @@
-"""Fixtures used across the suite: the repository's reference data and scikit-image's photographs."""
+"""Fixtures of the whole suite: the repository's reference data, scikit-image's photographs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MATLAB-exact bicubic imresize: conformance with MATLAB's own outputs, the Set5 protocol, and
-the SPEC §3 formula evaluated pixel by pixel on small images of every shape."""
+the formula of docs/corruptions.md evaluated pixel by pixel on small images of every shape."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_set5_bicubic_upscale_gives_the_published_baseline_psnr(refdata, factor)
 
 
 def spec_resize_1d(signal: np.ndarray, scale: float) -> np.ndarray:
-    """SPEC §3 written out one output pixel at a time (slow; for tiny signals only)."""
+    """The documented formula written out one output pixel at a time (slow; tiny signals only)."""
     n = len(signal)
     antialias = scale < 1
     width = 4 / scale if antialias else 4.0
@@ -117,7 +117,7 @@ def test_small_images_follow_the_spec_formula(shape, scale):
 
 @pytest.mark.parametrize("scale", [1 / 4, 1 / 3, 1 / 2, 2, 3, 4])
 def test_long_rows_follow_the_spec_formula(scale):
-    """Every block of a long row, not only the first few, uses the SPEC's own taps and weights."""
+    """Every block of a long row, not only the first few, uses the documented taps and weights."""
     image = np.random.default_rng(7).uniform(0, 255, (2, 997))
     np.testing.assert_allclose(imresize(image, scale), spec_resize(image, scale), atol=1e-9)
 

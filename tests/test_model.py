@@ -1,4 +1,4 @@
-"""The IPT model's layouts, shapes and interface (SPEC §6)."""
+"""The IPT model's layouts, shapes and interface (docs/model.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from ipt_train.model import IPT, IPTConfig, ipt_full, ipt_tiny
 
-# SPEC §6: parameter counts of the official checkpoints' layouts.
+# docs/model.md: parameter counts of the official checkpoints' layouts.
 OFFICIAL_COUNTS = {
     (2, 3, 4, 1, 1, 1): 118_892_394,
     (2,): 115_460_443,

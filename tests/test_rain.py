@@ -1,4 +1,4 @@
-"""Rain synthesis (SPEC §3) and its statistics, on scikit-image's colour photographs."""
+"""Rain synthesis (docs/corruptions.md) and its statistics, on scikit-image's colour photographs."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def _measure(photos: dict[str, np.ndarray], rain: Rain, seeds: range) -> dict[st
 
 
 def test_light_rain_matches_the_real_rain100l_layers_on_the_photographs(sample_photos):
-    # Every SPEC §3 statistic against its target band, on 18 layers over the photographs.
+    # Every calibration statistic (docs/corruptions.md) against its target band, on 18 layers
+    # over the photographs.
     figures = _measure(sample_photos, Rain(), range(3))
     # The real Rain100L layers tiled over these photographs: 26.4 dB, SSIM 0.80, S >= 1 on 37%
     # (35% on Rain100L itself).
@@ -47,8 +48,8 @@ def test_light_rain_matches_the_real_rain100l_layers_on_the_photographs(sample_p
     assert 12 <= figures["rms"] <= 15.5
     assert 15 <= figures["half_length_px"] <= 19.5
     assert 88 <= figures["p99_touched"] <= 110  # Rain100L: 100 (ours ~94)
-    # The one known gap (README): streaks ~1.75 px wide where Rain100L's are ~2 px; wider ones
-    # raise SSIM past 0.80 at the PSNR target.
+    # The one known gap (docs/corruptions.md): streaks ~1.75 px wide where Rain100L's are ~2 px;
+    # wider ones raise SSIM past 0.80 at the PSNR target.
     assert 1.6 <= figures["width_px"] <= 2.3
 
 
@@ -57,7 +58,7 @@ def test_tilt_spread_over_many_draws():
         shape_statistics(rain_layer(96, 96, np.random.default_rng(seed)))["tilt_deg"]
         for seed in range(200)
     ]
-    # N(0, 13.6°) redrawn beyond ±27° (SPEC §3) has a standard deviation of 11.9°.
+    # N(0, 13.6°) redrawn beyond ±27° (docs/corruptions.md) has a standard deviation of 11.9°.
     assert np.std(tilts) == pytest.approx(11.9, abs=1.5)
     assert np.max(np.abs(tilts)) <= TILT_LIMIT_DEG + 2.0  # estimate within 2° of the drawn tilt
 

@@ -1,4 +1,4 @@
-"""The CNN parts of IPT (SPEC §6): mean shift, per-task heads and tails.
+"""The CNN parts of IPT (docs/model.md): mean shift, per-task heads and tails.
 
 Module and parameter names follow the official checkpoint layout (``head.i.0``, ``head.i.1.body.0``,
 ``tail.i.0.0``, ``tail.i.1``, ``sub_mean``), so ``state_dict`` keys match it one to one.

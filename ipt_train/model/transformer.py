@@ -1,4 +1,4 @@
-"""The IPT body (SPEC §6): a pre-norm transformer encoder-decoder over 3x3 feature patches.
+"""The IPT body (docs/model.md): a pre-norm transformer encoder-decoder over 3x3 feature patches.
 
 [B, C, 48, 48] --unfold 3x3/3--> [B, 256, 9C] tokens (channel-major: c*9 + ky*3 + kx)
 -> linear_encoding + skip -> + learned position -> 12 encoder layers

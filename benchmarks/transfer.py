@@ -1,7 +1,7 @@
-"""Time ``ipt-data pull`` over the tests' real loopback HTTP server, with a per-request latency
-standing in for a distant object store, at several ``--jobs`` values in one run.
+"""Time ``ipt-data pull`` over a loopback HTTP server with a per-request latency standing in for a
+distant object store, at several ``--jobs`` values in one run.
 
-    .venv/bin/python scripts/bench_transfer.py [--latency 0.05] [--jobs 1,8] [--repeats 3]
+    .venv/bin/python benchmarks/transfer.py [--latency 0.05] [--jobs 1,8] [--repeats 3]
         [--stats-files N]
 
 The shard set is built once (cached under --work) by the real ``ipt-data build`` from the
@@ -9,26 +9,59 @@ sample photographs, one image per shard: 6 images x 6 tasks = 36 small shards, s
 dominated by requests, as it is for a large set on S3. Prints seconds per pull (best of
 --repeats) and each one's speed-up over the first --jobs value. With --stats-files N it also
 times how the build reads the stats files of N chunks done before (a resumed build's manifest):
-one request at a time, as it did, against :func:`ipt_data.remote.read_many`.
+one request at a time against :func:`ipt_data.remote.read_many`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from ipt_data.remote import open_location, read_bytes, read_many
+from ipt_data.transfer import pull
 
-from loopback_servers import BIN, http_server  # noqa: E402
+BIN = Path(sys.executable).parent
 
-from ipt_data.remote import open_location, read_bytes, read_many  # noqa: E402
-from ipt_data.transfer import pull  # noqa: E402
+
+class SlowHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, answering each request ``server.latency`` seconds late."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        time.sleep(self.server.latency)
+        super().do_GET()
+
+    def do_HEAD(self) -> None:
+        time.sleep(self.server.latency)
+        super().do_HEAD()
+
+
+@contextlib.contextmanager
+def slow_http_server(folder: Path, latency: float) -> Iterator[str]:
+    """Yields the URL of a threaded HTTP server on 127.0.0.1 serving ``folder``."""
+    handler = functools.partial(SlowHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads, server.latency = True, latency
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def build_set(work: Path) -> Path:
@@ -58,9 +91,8 @@ def time_stats_reads(files: int, latency: float) -> None:
         Path(scratch, "_build").mkdir()
         for index, name in enumerate(names):
             Path(scratch, name).write_text(f'{{"chunk": {index}}}')
-        with http_server(Path(scratch)) as server:
-            server.latency = latency
-            location = open_location(server.url)
+        with slow_http_server(Path(scratch), latency) as url:
+            location = open_location(url)
             start = time.perf_counter()
             one_by_one = [read_bytes(location, name) for name in names]
             middle = time.perf_counter()
@@ -85,12 +117,8 @@ def main() -> None:
     shard_set = build_set(args.work)
     shards = len(list(shard_set.rglob("*.tar")))
     settings = [None if part == "default" else int(part) for part in args.jobs.split(",")]
-    with http_server(shard_set) as server:
-        server.latency = args.latency
-        best = {
-            jobs: min(timed_pull(server.url, jobs) for _ in range(args.repeats))
-            for jobs in settings
-        }
+    with slow_http_server(shard_set, args.latency) as url:
+        best = {jobs: min(timed_pull(url, jobs) for _ in range(args.repeats)) for jobs in settings}
     print(f"pull of {shards} shards over loopback HTTP, {args.latency * 1000:.0f} ms per request")
     reference = best[settings[0]]
     for jobs, seconds in best.items():
