@@ -119,9 +119,10 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
         claim_output(location, identity)
         pending = _pending(location, jobs)  # again: a build that held the place may have ended
         fresh = run_chunks(pending, config.ray) if pending else []
-        # Every chunk is done: what killed or retried workers left half-written can go.
-        for task in config.tasks:
-            remove_partials(location, task.name)
+        # Every chunk is done: what killed or retried workers (shards, stats files) or a killed
+        # driver (the manifest) left half-written can go.
+        for folder in ("", STATE_FOLDER, *(task.name for task in config.tasks)):
+            remove_partials(location, folder)
         manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
         write_bytes(location, MANIFEST_NAME, dumps(manifest))
     return BuildResult(

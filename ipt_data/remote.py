@@ -325,9 +325,9 @@ def file_size(location: SetLocation, relative: str) -> int | None:
 
 
 def list_names(location: SetLocation, folder: str) -> list[str]:
-    """The names (last path component) of what the set-relative ``folder`` holds now; none
-    where it does not exist."""
-    base = location.path(folder)
+    """The names (last path component) of what the set-relative ``folder`` ("" for the set's
+    root) holds now; none where it does not exist."""
+    base = location.path(folder) if folder else location.root
     with _uncached(location, base):
         try:
             names = location.fs.ls(base, detail=False)
@@ -348,10 +348,12 @@ def _uncached(location: SetLocation, path: str) -> Iterator[None]:
 
 
 def remove_partials(location: SetLocation, folder: str) -> int:
-    """Delete temporary files left in ``folder`` (set-relative) by interrupted writes."""
+    """Delete temporary files left in ``folder`` (set-relative; "" for the root) by interrupted
+    writes."""
     stale = [name for name in list_names(location, folder) if name.endswith(PARTIAL_SUFFIX)]
+    parent = location.path(folder) if folder else location.root
     for name in stale:
-        discard(location, f"{location.path(folder)}/{name}")
+        discard(location, f"{parent}/{name}")
     return len(stale)
 
 

@@ -200,15 +200,20 @@ def test_resume_runs_only_missing_chunks(built, tree, tmp_path):
     for path in (out / "derain").glob("*-000002.tar"):
         path.unlink()
     (out / stats_name(2)).unlink()
-    leftover = out / "derain" / ".derain-000003.tar.0123456789ab.part"
-    leftover.write_bytes(b"left by a killed worker")
+    leftovers = [  # by a killed worker (a shard, a stats file) and a killed driver (manifest)
+        out / "derain" / ".derain-000003.tar.0123456789ab.part",
+        out / "_build" / ".chunk-000001.json.0123456789ab.part",
+        out / ".manifest.json.0123456789ab.part",
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(b"left half-written")
     result = build_shards(sources, out, _config(workers=2, tasks=(TASKS["derain"],)))
     assert (result.chunks_run, result.chunks_total) == (1, 4)
     expected = {
         path: digest for path, digest in shard_hashes(built).items() if path.startswith("derain/")
     }
     assert shard_hashes(out) == expected
-    assert not list(out.glob("*/.*.part"))
+    assert not list(out.rglob(".*.part"))
     # A shard lost after its chunk was done (its stats file stays): the rerun writes that chunk
     # again instead of a manifest listing a file that is not there (exit 0 before).
     (out / "derain" / "derain-000001.tar").unlink()
@@ -387,10 +392,12 @@ def test_a_chunk_that_cannot_write_its_shards_is_one_error_and_leaves_no_file(tr
     script = """
 import resource, signal, sys
 from ipt_data.errors import UserError
+from ipt_data.tasks import TASKS
 from ipt_data.worker import ChunkJob, process_chunk
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # let the write fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], ("sr_x4",), 8, 0)
+tasks = (TASKS["sr_x4"],)
+job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], tasks, 8, 0)
 try:
     process_chunk(job)
 except UserError as error:
