@@ -32,8 +32,9 @@ from ipt_data.errors import UserError
 from ipt_data.tasks import Task, get_task
 from ipt_train.losses import pretrain_loss, supcon_of_anchors
 from ipt_train.model import IPT, IPTConfig, preset_config
-from ipt_train.restore import blend_scores, pick_device
-from ipt_train.tiling import TileConfig, restore_tiled, tile_starts
+from ipt_train.restore import pick_device
+from ipt_train.tilegrid import TileConfig, tile_count
+from ipt_train.tiling import restore_tiled
 from ipt_train.train import ADAM_IMPLEMENTATIONS, TRAINING_ADAM, make_optimizer
 
 # Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
@@ -224,7 +225,7 @@ def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device
     """Tiles/s and ms per input megapixel of tiled inference on a random image."""
     scale, tiles = bench.model.scales[bench.slot], bench.tiles()
     image = torch.rand(3, bench.tiled_size, bench.tiled_size, device=device) * 255
-    count = _count_tiles(bench.tiled_size, tiles)
+    count = tile_count(tiles, bench.tiled_size, bench.tiled_size)
     model.eval()
     restore_tiled(model, image[:, : tiles.tile, : tiles.tile], bench.slot, scale, tiles)  # warm
     _sync(device)
@@ -238,11 +239,6 @@ def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device
         "tiles_per_s": count / seconds,
         "tiled_ms_per_megapixel": 1000 * seconds / (bench.tiled_size**2 / 1e6),
     }
-
-
-def _count_tiles(size: int, tiles: TileConfig) -> int:
-    """Tiles of a size x size image (one smaller than a tile is padded to one tile)."""
-    return len(tile_starts(max(size, tiles.tile), tiles.tile, tiles.overlap)) ** 2
 
 
 def paired_ratios(ours: Runner, official: Runner) -> dict:
@@ -410,8 +406,10 @@ def _blend_figures(folder: str, ckpt: str | None, task: Task, timing: dict) -> d
         raise UserError("--compare-blends needs --ckpt: randomly initialised weights rank nothing")
     if task.scale == 1:
         raise UserError(f"--compare-blends scores SR tasks on Set5-style folders, not {task.name}")
+    from ipt_train.blends import compare_blends
+
     tiles = TileConfig(overlap=timing["overlap"], batch=timing["tile_batch"])
-    scores = blend_scores(ckpt, task.name, folder, tiles, timing["device"])
+    scores = compare_blends(ckpt, task.name, folder, tiles, timing["device"])
     return {
         f"{blend}_{name}": value for blend, row in scores.items() for name, value in row.items()
     }

@@ -6,6 +6,7 @@ import click
 
 from ipt_data import __version__
 from ipt_data.errors import UserErrorGroup
+from ipt_train.tilegrid import BLENDS, TileConfig
 
 
 @click.group(cls=UserErrorGroup)
@@ -14,26 +15,45 @@ def main() -> None:
     """Pretrain, fine-tune, evaluate and run the Image Processing Transformer (IPT)."""
 
 
+def tiling_options(command):
+    """--blend, --overlap, --tile-batch, --self-ensemble: how images are tiled (TileConfig,
+    whose defaults these are); :func:`tile_config` turns them into one."""
+    blend = f"{'/'.join(BLENDS)} (docs/evaluation.md)."
+    options = [
+        click.option("--blend", default=TileConfig.blend, show_default=True, help=blend),
+        click.option("--overlap", default=TileConfig.overlap, show_default=True, help="Input px."),
+        click.option("--tile-batch", default=TileConfig.batch, show_default=True, help="Per pass."),
+        click.option("--self-ensemble", is_flag=True, help="Average 8 flips/rotations (8x time)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def tile_config(options: dict) -> TileConfig:
+    """The TileConfig of :func:`tiling_options`' values (removed from ``options``)."""
+    return TileConfig(
+        blend=options.pop("blend"),
+        overlap=options.pop("overlap"),
+        batch=options.pop("tile_batch"),
+        self_ensemble=options.pop("self_ensemble"),
+    )
+
+
 @main.command()
 # Paths and names are checked by the command's own code (one `Error:` line), not by click.
 @click.option("--ckpt", required=True, type=click.Path(), help="Official or our checkpoint.")
 @click.option("--task", "task_name", required=True, help="Task to run, e.g. sr_x2, denoise_30.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output folder.")
-@click.option("--overlap", default=24, show_default=True, help="Input pixels shared by tiles.")
-@click.option("--blend", default="uniform", show_default=True, help="uniform or distance.")
-@click.option("--tile-batch", default=64, show_default=True, help="Tiles per forward pass.")
-@click.option("--self-ensemble", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
+@tiling_options
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--num-heads", type=int, default=None, help="Attention heads, if not 12 nor saved.")
-def restore(
-    ckpt, task_name, inputs, out, overlap, blend, tile_batch, self_ensemble, device, num_heads
-):
+def restore(ckpt, task_name, inputs, out, device, num_heads, **options):
     """Restore image files and folders (INPUT...) with a checkpoint's TASK, as PNGs under OUT."""
     from ipt_train.restore import restore_files
-    from ipt_train.tiling import TileConfig
 
-    tiles = TileConfig(overlap=overlap, blend=blend, batch=tile_batch, self_ensemble=self_ensemble)
+    tiles = tile_config(options)
     written = restore_files(ckpt, task_name, inputs, out, tiles, device, num_heads)
     click.echo(f"wrote {len(written)} image(s) to {out}")
 
@@ -52,16 +72,16 @@ def restore(
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our model.")
 @click.option("--official", type=click.Path(), help="Official IPT checkout (its model/).")
 @click.option("--tiled-size", default=256, show_default=True, help="Tiled image side; 0 skips.")
-@click.option("--tile-batch", default=64, show_default=True)
+@click.option("--tile-batch", default=TileConfig.batch, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="CPU threads (0: torch default).")
-@click.option("--overlap", default=24, show_default=True)
-@click.option("--compare-blends", type=click.Path(), help="Set5-style folder.")
+@click.option("--overlap", default=TileConfig.overlap, show_default=True)
+@click.option("--compare-blends", type=click.Path(), help="Benchmark folder (SR: Set5-style).")
 @click.option("--ckpt", type=click.Path(), help="Checkpoint for --compare-blends.")
 @click.option("--task", "task_name", default="sr_x2", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(**options):
     """Speed and memory of the IPT model (and of the official code with --official); with
-    --compare-blends, the Set5 scores of the uniform and distance-weighted tile blends instead."""
+    --compare-blends, each tile blend's scores, seam index and cost on a benchmark folder."""
     import json
 
     from ipt_train.bench import bench_from_options
@@ -183,21 +203,19 @@ def pretrain(shards, preset, tasks, task_weights, **options):
 @click.option("--task", "task_name", required=True, help="sr_x2, sr_x3, sr_x4, derain, denoise_30…")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark folder (Set5-style…).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the denoising noise.")
-@click.option("--overlap", default=24, show_default=True, help="Input pixels shared by tiles.")
-@click.option("--self-ensemble", is_flag=True, help="Average the 8 flips/rotations.")
+@tiling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-def evaluate(ckpt, baseline, task_name, data, seed, overlap, self_ensemble, device, as_json):
+def evaluate(ckpt, baseline, task_name, data, seed, device, as_json, **options):
     """PSNR/SSIM of a checkpoint's TASK on a benchmark folder, per image and mean."""
     import json
 
     from ipt_data.errors import UserError
     from ipt_train.evaluate import EvalConfig, evaluate, format_table
-    from ipt_train.tiling import TileConfig
 
     if bool(ckpt) == baseline:
         raise UserError("give exactly one of --ckpt and --baseline")
-    tiles = TileConfig(overlap=overlap, self_ensemble=self_ensemble)
+    tiles = tile_config(options)
     config = EvalConfig(tiles=tiles, device=device, noise_seed=seed, progress=not as_json)
     report = evaluate(ckpt, task_name, data, config)
     click.echo(json.dumps(report) if as_json else "\n".join(format_table(report)))
@@ -238,8 +256,10 @@ def plot(run, out, window, grid_ckpt, grid_task, grid_image):
     if grid_ckpt:
         scores = comparison_grid(grid_ckpt, grid_task, list(grid_image), f"{run}/grid.png")
         for row in scores:
-            bicubic, model = row["bicubic"], row["model"]
-            click.echo(f"{row['image']}: bicubic {bicubic:.2f} dB, model {model:.2f} dB")
+            click.echo(
+                f"{row['image']}: bicubic {row['bicubic']:.2f} dB / {row['bicubic_ssim']:.4f}, "
+                f"model {row['model']:.2f} dB / {row['model_ssim']:.4f} (Y-PSNR / Y-SSIM)"
+            )
         click.echo(f"wrote {run}/grid.png")
 
 

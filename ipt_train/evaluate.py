@@ -33,7 +33,7 @@ from ipt_data.sources import is_image_name
 from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.restore import pick_device, restore_image
-from ipt_train.tiling import TileConfig
+from ipt_train.tilegrid import TileConfig
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ import torch
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
 from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
-from ipt_data.metrics import psnr_y, ssim_y
 from ipt_data.progress import progress_bar
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
-from ipt_train.tiling import BLENDS, TileConfig, restore_tiled
+from ipt_train.tilegrid import TileConfig
+from ipt_train.tiling import restore_tiled
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -107,45 +107,3 @@ def _check_output_folder(out_dir: Path) -> None:
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
     if not existing.is_dir():
         raise UserError(f"{out_dir}: cannot be the output folder, {existing} is a file")
-
-
-def blend_scores(
-    checkpoint: str | Path,
-    task_name: str,
-    benchmark_dir: str | Path,
-    tiles: TileConfig | None = None,
-    device: str = "cpu",
-    num_heads: int | None = None,
-) -> dict[str, dict[str, float]]:
-    """Mean Y-PSNR / Y-SSIM of an SR task on a benchmark folder laid out as Set5
-    (``HR/<name>.png``, ``LR_bicubic/X<s>/<name>x<s>.png``) for every blend, the rest of the
-    tiling unchanged: {blend: {"psnr_y": dB, "ssim_y": ...}}. Shave = scale, as the SR tables."""
-    task = get_task(task_name)
-    model = load_model(checkpoint, num_heads).to(pick_device(device))
-    slot = slot_for_task(model.cfg, task)
-    pairs = _benchmark_pairs(Path(benchmark_dir), task.scale)
-    tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
-    scores = {}
-    for blend in BLENDS:
-        psnrs, ssims = [], []
-        for lr_path, hr_path in pairs:
-            lr = decode_image(read_bytes(lr_path), str(lr_path))
-            hr = decode_image(read_bytes(hr_path), str(hr_path))
-            sr = restore_image(model, lr, slot, task.scale, replace(tiles, blend=blend))
-            hr = hr[: sr.shape[0], : sr.shape[1]]  # mod-crop: the LR was made from this crop
-            psnrs.append(psnr_y(sr, hr, shave=task.scale))
-            ssims.append(ssim_y(sr, hr, shave=task.scale))
-        scores[blend] = {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
-    return scores
-
-
-def _benchmark_pairs(folder: Path, scale: int) -> list[tuple[Path, Path]]:
-    """(LR, HR) file pairs of a Set5-style benchmark folder."""
-    hr_files = sorted((folder / "HR").glob("*.png"))
-    if not hr_files:
-        raise UserError(f"{folder}: no HR/*.png here; expected a Set5-style benchmark folder")
-    pairs = [(folder / "LR_bicubic" / f"X{scale}" / f"{p.stem}x{scale}.png", p) for p in hr_files]
-    missing = [str(lr) for lr, _ in pairs if not lr.is_file()]
-    if missing:
-        raise UserError(f"{folder}: missing LR images for x{scale}: {', '.join(missing[:3])}")
-    return pairs

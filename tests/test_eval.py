@@ -17,7 +17,7 @@ from ipt_data.metrics import psnr_rgb, psnr_y, ssim_y
 from ipt_train.checkpoint import load_model
 from ipt_train.evaluate import EvalConfig, evaluate
 from ipt_train.restore import restore_image
-from ipt_train.tiling import TileConfig
+from ipt_train.tilegrid import TileConfig
 
 BIN = Path(sys.executable).parent
 

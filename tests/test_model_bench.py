@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from ipt_train.bench import BenchConfig, parse_scales, run_bench
 from ipt_train.checkpoint import save_checkpoint
 from ipt_train.cli import main
 from ipt_train.model import IPT, ipt_tiny
+from ipt_train.tilegrid import BLENDS
 
 
 def test_bench_reports_timings_flops_and_tiled_speed():
@@ -75,17 +77,28 @@ def test_parse_scales():
         parse_scales("")
 
 
-def test_compare_blends_prints_both_scores_on_set5(refdata, tmp_path):
-    # Random weights: the scores show the command works, not which blend is better.
+def test_compare_blends_prints_every_blend_s_figures(refdata, tmp_path):
+    # Random weights: the figures show the command works, not which blend is better. An HR-only
+    # folder (LR made by MATLAB-exact bicubic, as eval does) of two real crops keeps it short.
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "tiny.pt", IPT(ipt_tiny()))
-    args = ["bench", "--compare-blends", str(refdata / "Set5"), "--ckpt", str(tmp_path / "tiny.pt")]
-    result = CliRunner().invoke(main, [*args, "--overlap", "8", "--json"])
+    (tmp_path / "set" / "HR").mkdir(parents=True)
+    for name in ("bird", "head"):
+        hr = cv2.imread(str(refdata / "Set5" / "HR" / f"{name}.png"))[:130, :110]
+        cv2.imwrite(str(tmp_path / "set" / "HR" / f"{name}.png"), hr)
+    args = ["bench", "--compare-blends", str(tmp_path / "set"), "--ckpt", str(tmp_path / "tiny.pt")]
+    result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(scores) == {"uniform_psnr_y", "uniform_ssim_y", "distance_psnr_y", "distance_ssim_y"}
-    assert all(math.isfinite(v) for v in scores.values())
-    assert scores["uniform_psnr_y"] != scores["distance_psnr_y"]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    names = ("psnr_y", "ssim_y", "seam_index", "passes_per_megapixel")
+    assert set(figures) == {f"{blend}_{name}" for blend in BLENDS for name in names}
+    assert all(math.isfinite(v) for v in figures.values())
+    assert figures["uniform_psnr_y"] != figures["distance_psnr_y"]
+    # 65x55 LR images: 2x2 tiles each at overlap 24; official: a 2x1 grid, strips of 2 and 1,
+    # the corner
+    pixels = 2 * 65 * 55 / 1e6
+    assert figures["distance_passes_per_megapixel"] == pytest.approx(2 * 4 / pixels)
+    assert figures["official_passes_per_megapixel"] == pytest.approx(2 * (2 + 2 + 1 + 1) / pixels)
 
 
 @pytest.mark.skipif(

@@ -13,7 +13,7 @@ from ipt_train.checkpoint import export_official, load_model, save_checkpoint
 from ipt_train.cli import main
 from ipt_train.model import IPT, ipt_tiny
 from ipt_train.restore import restore_image
-from ipt_train.tiling import TileConfig
+from ipt_train.tilegrid import TileConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ipt_data.errors import UserError
+from ipt_train.checkpoint import build_model
 from ipt_train.model import IPT, ipt_tiny
-from ipt_train.tiling import TileConfig, restore_tiled, symmetric_pad, tile_starts
+from ipt_train.tilegrid import BLENDS, TileConfig, tile_starts
+from ipt_train.tiling import restore_tiled, symmetric_pad
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 class NearestUpscale(torch.nn.Module):
@@ -47,17 +52,20 @@ def test_tile_starts_cover_the_axis_and_end_at_the_border():
         assert all(0 < b - a <= 36 for a, b in itertools.pairwise(starts))
 
 
-@pytest.mark.parametrize("blend", ["uniform", "distance"])
+@pytest.mark.parametrize("blend", BLENDS)
 @pytest.mark.parametrize("slot", [0, 3])
-def test_one_tile_image_is_bit_identical_to_a_forward_pass(tiny, blend, slot):
+def test_one_tile_image_equals_a_forward_pass(tiny, blend, slot):
     x = image(48, 48)
     with torch.no_grad():
         whole = tiny(x[None], slot)[0]
     tiled = restore_tiled(tiny, x, slot, tiny.cfg.scales[slot], TileConfig(blend=blend))
-    assert torch.equal(tiled, whole)
+    if blend == "official":  # runs the tile 4 times (grid, two strips, corner) in one batch,
+        torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-3)  # whose sums differ a bit
+    else:
+        assert torch.equal(tiled, whole)
 
 
-@pytest.mark.parametrize("blend", ["uniform", "distance"])
+@pytest.mark.parametrize("blend", BLENDS)
 @pytest.mark.parametrize("size", [(30, 17), (48, 130), (101, 77)])
 def test_blending_is_exact_for_a_pixelwise_operator(blend, size):
     x = image(*size)
@@ -102,14 +110,14 @@ def test_blends_differ_only_where_tiles_overlap(tiny):
     assert not torch.equal(uniform[:, :, 24:96], distance[:, :, 24:96])
 
 
-def test_self_ensemble_commutes_with_transposition(tiny):
-    x = image(48, 48, seed=5)
-    tiles = TileConfig(self_ensemble=True)
+@pytest.mark.parametrize(("blend", "size"), [("uniform", 48), ("official", 61)])
+def test_self_ensemble_commutes_with_transposition(tiny, blend, size):
+    x = image(size, size, seed=5)
+    tiles = TileConfig(self_ensemble=True, blend=blend)
     direct = restore_tiled(tiny, x, 1, 3, tiles)
     transposed = restore_tiled(tiny, x.transpose(1, 2).contiguous(), 1, 3, tiles)
     torch.testing.assert_close(direct, transposed.transpose(1, 2), rtol=0, atol=1e-3)
-    with torch.no_grad():
-        plain = tiny(x[None], 1)[0]
+    plain = restore_tiled(tiny, x, 1, 3, TileConfig(blend=blend))
     assert not torch.allclose(direct, plain, atol=1e-2)
 
 
@@ -118,6 +126,8 @@ def test_bad_tile_settings_are_user_errors():
         TileConfig(blend="max")
     with pytest.raises(UserError, match="overlap"):
         TileConfig(overlap=48)
+    with pytest.raises(UserError, match="divisible by 4"):
+        TileConfig(tile=50, blend="official")
 
 
 class BatchRecorder(NearestUpscale):
@@ -139,3 +149,37 @@ def test_model_never_sees_more_than_the_tile_batch(ensemble):
     op = BatchRecorder(2)
     restore_tiled(op, image(101, 130), 0, 2, TileConfig(batch=7, self_ensemble=ensemble))
     assert op.sizes == [7] * (8 if ensemble else 1) * 2 + [6] * (8 if ensemble else 1)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_official_blend_never_runs_more_than_the_tile_batch(ensemble):
+    """61x149 is 2 x 9 stride-12 tiles, plus a right strip of 2, a bottom strip of 9 and the
+    corner: 30 tiles, run 8 at a time (and 8 times over, once per transform, with x8)."""
+    op = BatchRecorder(2)
+    tiles = TileConfig(batch=8, blend="official", self_ensemble=ensemble)
+    restore_tiled(op, image(61, 149), 0, 2, tiles)
+    assert op.sizes == ([8, 8, 8, 6] if not ensemble else [8, 8, 8, 6] * 8)
+
+
+@pytest.fixture(scope="module")
+def official_chop() -> dict:
+    """Outputs of the official code's forward_chop (and forward_x8 around it) with a small
+    official IPT, made by tests/fixtures/make_official_chop.py (see tests/fixtures/README.md)."""
+    return torch.load(FIXTURES / "official_chop.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_official_blend_reproduces_the_official_forward_chop(official_chop, case):
+    state = {
+        k: v.float() if v.is_floating_point() else v for k, v in official_chop["state_dict"].items()
+    }
+    model = build_model(state, num_heads=official_chop["config"]["num_heads"]).eval()
+    expected = official_chop["cases"][case]
+    slot, x = expected["slot"], expected["input"].float()
+    tiles = TileConfig(blend="official", self_ensemble=expected["self_ensemble"], batch=5)
+    got = restore_tiled(model, x, slot, model.cfg.scales[slot], tiles)
+    assert got.shape == expected["output"].shape
+    # float32 rounding: the two implementations sum in other orders (outputs span -50..280)
+    torch.testing.assert_close(got, expected["output"], rtol=0, atol=2e-4)
+    uniform = restore_tiled(model, x, slot, model.cfg.scales[slot], TileConfig())
+    assert (uniform - expected["output"]).abs().max() > 10  # the check can tell blends apart

@@ -1,0 +1,112 @@
+"""Comparing tile blends: their scores, their seams and their cost (docs/evaluation.md).
+
+A tile seam is an abrupt change of the output along the lines where tiles begin or end their
+contribution. ``seam_index`` measures it without needing a seam-free reference: the image is
+restored twice, the second time with the tile grid shifted by half a stride, so that the lines
+of one grid fall inside the tiles of the other. The index is the energy of the second
+difference across each grid's own lines (the two pixels on either side of each line) over the
+energy across the same lines in the other output, which has the same picture and the same
+model there but no tile edge. Without seams it is 1 (up to the model's own noise); seams push
+it above, whatever the picture.
+
+``compare_blends`` runs a checkpoint over a benchmark folder (read as ``ipt-train eval`` reads
+it) with every blend and reports, per blend, the mean Y-PSNR / Y-SSIM, the mean seam index and
+the forward passes per input megapixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ipt_data.metrics import rgb_to_y
+from ipt_data.tasks import get_task
+from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.evaluate import eval_pairs, score
+from ipt_train.restore import pick_device, restore_image
+from ipt_train.tilegrid import BLENDS, TileConfig, tile_count, tile_lines
+
+Restorer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 input -> sH x sW x 3 uint8 output
+
+
+def line_energy(y: np.ndarray, lines: tuple[list[int], list[int]]) -> float:
+    """Sum of the squared second difference of the image ``y`` [H, W] across the (row, column)
+    ``lines``: a line p lies between pixels p-1 and p, and both count."""
+    y = y.astype(np.float64)
+    across_cols = (y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]) ** 2  # centred on columns 1..W-2
+    across_rows = (y[:-2] - 2 * y[1:-1] + y[2:]) ** 2
+    on_rows = _beside(lines[0], y.shape[0])[1:-1]
+    on_cols = _beside(lines[1], y.shape[1])[1:-1]
+    return float(across_cols[:, on_cols].sum() + across_rows[on_rows].sum())
+
+
+def _beside(lines: list[int], length: int) -> np.ndarray:
+    """[length] bool: the pixels on either side of each line."""
+    marked = np.zeros(length, dtype=bool)
+    for p in lines:
+        marked[max(p - 1, 0) : p + 1] = True
+    return marked
+
+
+def seam_index(restore: Restorer, image: np.ndarray, tiles: TileConfig, scale: int) -> float:
+    """Seams of restoring ``image`` (H x W x 3) with ``restore`` tiled as ``tiles``: the line
+    energy of each of two grids half a stride apart over the other output's at the same lines
+    (Y channel); 1 without seams."""
+    height, width = image.shape[:2]
+    shift = _stride(tiles) // 2
+    shifted_input = np.pad(image, ((shift, 0), (shift, 0), (0, 0)), mode="symmetric")
+    plain = rgb_to_y(restore(image))
+    shifted = rgb_to_y(restore(shifted_input))[shift * scale :, shift * scale :]
+
+    def lines(offset: int) -> tuple[list[int], list[int]]:
+        return tuple(
+            [p - offset * scale for p in tile_lines(tiles, n + offset, scale) if p > offset * scale]
+            for n in (height, width)
+        )
+
+    own = line_energy(plain, lines(0)) + line_energy(shifted, lines(shift))
+    other = line_energy(shifted, lines(0)) + line_energy(plain, lines(shift))
+    return own / max(other, 1e-12)
+
+
+def _stride(tiles: TileConfig) -> int:
+    """Input pixels between neighbouring tiles of the blend's grid."""
+    return tiles.tile // 4 if tiles.blend == "official" else tiles.tile - tiles.overlap
+
+
+def compare_blends(
+    checkpoint: str | Path,
+    task_name: str,
+    data: str | Path,
+    tiles: TileConfig | None = None,
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """{blend: {"psnr_y", "ssim_y", "seam_index", "passes_per_megapixel"}} of the checkpoint's
+    SR ``task_name`` on the benchmark folder ``data``, every blend with the rest of ``tiles``;
+    scores and seam indices are means over the images."""
+    task = get_task(task_name)
+    model = load_model(checkpoint).to(pick_device(device))
+    slot = slot_for_task(model.cfg, task)
+    pairs = list(eval_pairs(task, Path(data)))
+    tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
+    pixels = sum(pair.input.shape[0] * pair.input.shape[1] for pair in pairs)
+    results = {}
+    for blend in BLENDS:
+        config = replace(tiles, blend=blend)
+        rows = []
+        restore = _restorer(model, slot, task.scale, config)
+        for pair in pairs:
+            output = restore(pair.input)
+            seams = seam_index(restore, pair.input, config, task.scale)
+            rows.append({**score(output, pair.target, task), "seam_index": seams})
+        passes = sum(tile_count(config, *pair.input.shape[:2]) for pair in pairs)
+        results[blend] = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+        results[blend]["passes_per_megapixel"] = passes / (pixels / 1e6)
+    return results
+
+
+def _restorer(model, slot: int, scale: int, tiles: TileConfig) -> Restorer:
+    return lambda image: restore_image(model, image, slot, scale, tiles)
