@@ -51,14 +51,26 @@ def _corrupted_view(image: np.ndarray, task: Task, seed: int, top: int, left: in
 
 
 def _label(task: Task) -> list[str]:
-    """Task name, corruption kind and its scalar settings (nested model constants left out)."""
+    """Task name, then what its input is, in words (Hershey fonts draw ASCII only)."""
     params = task.corruption.params()
-    details = [
-        f"{key} {value}"
-        for key, value in params.items()
-        if key != "kind" and isinstance(value, (int, float, str, bool))
-    ]
-    return [task.name, params["kind"].replace("_", " "), *details]
+    kind = params["kind"]
+    if kind == "matlab_bicubic_downscale":
+        factor = params["factor"]
+        words = [f"MATLAB bicubic, 1/{factor} size", f"shown enlarged x{factor}"]
+    elif kind == "gaussian_noise":
+        words = [f"Gaussian noise, sigma {params['sigma']:g}", "per pixel and channel"]
+    elif kind == "rain" and params.get("model") == "real_streaks":
+        words = ["rain: real streak layers"]
+    elif kind == "rain":
+        words = ["heavy rain" if params["heavy"] else "light rain", "(Yang et al. streaks)"]
+    else:  # a corruption of someone's own: its scalar settings
+        words = [kind.replace("_", " ")]
+        words += [
+            f"{k} {v}"
+            for k, v in params.items()
+            if k != "kind" and isinstance(v, (int, float, str))
+        ]
+    return [task.name, *words]
 
 
 def _row(label_lines: list[str], clean: np.ndarray, shown_input: np.ndarray) -> np.ndarray:
@@ -75,6 +87,7 @@ def _row(label_lines: list[str], clean: np.ndarray, shown_input: np.ndarray) -> 
 def _header_row() -> np.ndarray:
     width = _LABEL_WIDTH + 2 * (VIEW + _GAP)
     header = np.full((_HEADER, width, 3), 255, np.uint8)
-    for text, x in (("clean target", _LABEL_WIDTH + 8), ("input", _LABEL_WIDTH + VIEW + _GAP + 8)):
+    columns = (("clean target", _LABEL_WIDTH + 8), ("task input", _LABEL_WIDTH + VIEW + _GAP + 8))
+    for text, x in columns:
         cv2.putText(header, text, (x, 20), _FONT, 0.55, _INK, 1, cv2.LINE_AA)
     return header

@@ -13,13 +13,13 @@ import numpy as np
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
-from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
+from ipt_data.fileio import read_bytes, write_bytes_atomic
 from ipt_data.imresize import downscale, mod_crop, upscale
-from ipt_data.metrics import psnr_y
+from ipt_data.metrics import psnr_y, ssim_y
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.restore import restore_image
-from ipt_train.tiling import TileConfig
+from ipt_train.tilegrid import TileConfig
 
 PLOTTED = ("step", "task", "l1", "supcon")  # the log.csv columns the plot reads
 
@@ -73,10 +73,20 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
             marker = "o" if len(steps) == 1 else None  # a lone step is no line
             (line,) = axis.plot(steps, smooth(values, window), label=task, marker=marker)
             axis.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
-    for axis, title in zip(axes, ("L1 (0..255 scale)", "SupCon"), strict=True):
+    for axis, title in zip(
+        axes, ("L1 loss (pixels on the 0..255 scale)", "SupCon loss"), strict=True
+    ):
         axis.set(title=title, xlabel="step")
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(title="task")
+    if all(float(row["supcon"]) == 0 for row in rows):  # fine-tuning: λ = 0 by default
+        axes[1].text(
+            0.5, 0.5, "not used in this run (weight 0)", ha="center", transform=axes[1].transAxes
+        )
+    figure.suptitle(
+        f"{Path(run).resolve().name}: faint, each step of a task; solid, the mean of its last "
+        f"{window} steps"
+    )
     out = Path(out) if out else Path(run) / "loss.png"
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -88,31 +98,66 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
 def comparison_grid(
     checkpoint: str | Path, task_name: str, images: list[str | Path], out: str | Path
 ) -> list[dict]:
-    """For each HR image: [HR | bicubic | model] side by side, rows stacked, written as a PNG;
-    returns the Y-PSNR of bicubic and model per image (SR tasks only)."""
+    """For each HR image a row of three panels at their own pixels, HR | MATLAB bicubic | model,
+    each titled (the image's name; each output's Y-PSNR and Y-SSIM, shave = scale), written as
+    a PNG; returns those scores per image (SR tasks only)."""
     task = get_task(task_name)
     if task.scale == 1:
         raise UserError("the comparison grid is for SR tasks (bicubic is the baseline)")
     if not images:
         raise UserError("the comparison grid needs at least one HR image (--grid-image)")
     model = load_model(checkpoint)
-    slot = slot_for_task(model.cfg, task)
+    slot, s = slot_for_task(model.cfg, task), task.scale
+    names = {"bicubic": f"MATLAB bicubic ×{s}", "model": f"model ({Path(checkpoint).name})"}
     rows, scores = [], []
     for path in images:
-        hr = mod_crop(decode_image(read_bytes(path), str(path)), task.scale)
-        lr = downscale(hr, task.scale)
-        bicubic = upscale(lr, task.scale)
-        ours = restore_image(model, lr, slot, task.scale, TileConfig())
-        s = task.scale
-        scores.append(
-            {
-                "image": Path(path).stem,
-                "bicubic": psnr_y(bicubic, hr, s),
-                "model": psnr_y(ours, hr, s),
-            }
-        )
-        rows.append(np.concatenate([hr, bicubic, ours], axis=1))
-    width = max(row.shape[1] for row in rows)
-    padded = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    write_bytes_atomic(out, encode_image(np.concatenate(padded, axis=0), ".png"))
+        hr = mod_crop(decode_image(read_bytes(path), str(path)), s)
+        lr = downscale(hr, s)
+        outputs = {
+            "bicubic": upscale(lr, s),
+            "model": restore_image(model, lr, slot, s, TileConfig()),
+        }
+        row, panels = {"image": Path(path).stem}, [(hr, f"{Path(path).stem}\nHR")]
+        for key, output in outputs.items():
+            row |= {key: psnr_y(output, hr, s), f"{key}_ssim": ssim_y(output, hr, s)}
+            scored = f"Y-PSNR {row[key]:.2f} dB, Y-SSIM {row[f'{key}_ssim']:.4f}"
+            panels.append((output, f"{names[key]}\n{scored}"))
+        scores.append(row)
+        rows.append(panels)
+    write_bytes_atomic(out, render_panels(rows))
     return scores
+
+
+PANEL_GAP, TITLE_HEIGHT, TITLE_POINTS = 8, 34, 9  # pixels, pixels (two lines), font size
+
+
+def render_panels(rows: list[list[tuple[np.ndarray, str]]]) -> bytes:
+    """PNG bytes of titled panels, one list per row, each image drawn at its own pixels (no
+    resampling: an SR comparison must not be smoothed by the figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = max(
+        sum(image.shape[1] for image, _ in row) + PANEL_GAP * (len(row) - 1) for row in rows
+    )
+    heights = [max(image.shape[0] for image, _ in row) + TITLE_HEIGHT for row in rows]
+    total = sum(heights) + PANEL_GAP * (len(rows) - 1)
+    figure = plt.figure(figsize=(width / 100, total / 100), dpi=100, facecolor="white")
+    top = total
+    for row, height in zip(rows, heights, strict=True):
+        left = 0
+        for image, title in row:
+            h, w = image.shape[:2]
+            box = (left / width, (top - TITLE_HEIGHT - h) / total, w / width, h / total)
+            axis = figure.add_axes(box)
+            axis.imshow(image, interpolation="nearest", aspect="auto")
+            axis.set_axis_off()
+            axis.set_title(title, fontsize=TITLE_POINTS, pad=4, loc="left")
+            left += w + PANEL_GAP
+        top -= height + PANEL_GAP
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

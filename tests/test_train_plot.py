@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from ipt_data.errors import UserError
+from ipt_data.imresize import downscale, upscale
 from ipt_train.checkpoint import save_checkpoint
 from ipt_train.model import IPT, ipt_tiny
-from ipt_train.plot import comparison_grid, plot_losses, read_log, smooth
+from ipt_train.plot import PANEL_GAP, TITLE_HEIGHT, comparison_grid, plot_losses, read_log, smooth
 from ipt_train.train import LOG_FIELDS
 
 BIN = Path(sys.executable).parent
@@ -66,11 +67,17 @@ def test_comparison_grid_rows_and_scores(refdata, tmp_path):
     save_checkpoint(tmp_path / "tiny.pt", IPT(ipt_tiny()))
     hr = cv2.imread(str(refdata / "Set5" / "HR" / "bird.png"))[:61, :70]
     cv2.imwrite(str(tmp_path / "bird.png"), hr)
-    scores = comparison_grid(
-        tmp_path / "tiny.pt", "sr_x2", [tmp_path / "bird.png"], tmp_path / "g.png"
-    )
+    images = [tmp_path / "bird.png"] * 2
+    scores = comparison_grid(tmp_path / "tiny.pt", "sr_x2", images, tmp_path / "g.png")
     grid = cv2.imread(str(tmp_path / "g.png"))
-    assert grid.shape == (60 + 4, 3 * 70, 3)  # HR mod-cropped to 60x70, three panels, a gap
+    # two rows of three 60x70 panels (HR mod-cropped), each under a two-line title, with gaps
+    assert grid.shape == (2 * (TITLE_HEIGHT + 60) + PANEL_GAP, 3 * 70 + 2 * PANEL_GAP, 3)
+    # the panels are the images' own pixels, not resampled by the figure
+    np.testing.assert_array_equal(grid[TITLE_HEIGHT : TITLE_HEIGHT + 60, :70], hr[:60])
+    bicubic = upscale(downscale(hr[:60, :, ::-1], 2), 2)[:, :, ::-1]
+    np.testing.assert_array_equal(grid[TITLE_HEIGHT : TITLE_HEIGHT + 60, 78:148], bicubic)
+    assert grid[: TITLE_HEIGHT - 4].min() < 128  # dark title text above the panels
+    assert set(scores[0]) == {"image", "bicubic", "bicubic_ssim", "model", "model_ssim"}
     assert scores[0]["bicubic"] > 25 and np.isfinite(scores[0]["model"])
 
 
