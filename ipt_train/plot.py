@@ -65,24 +65,23 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
 
     rows = read_log(run)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    plotted = ("l1", "supcon") if any(float(row["supcon"]) for row in rows) else ("l1",)
     for task in sorted({row["task"] for row in rows}):
         mine = [row for row in rows if row["task"] == task]
         steps = np.array([int(row["step"]) for row in mine])
-        for axis, key in zip(axes, ("l1", "supcon"), strict=True):
+        for axis, key in zip(axes, plotted, strict=False):
             values = np.array([float(row[key]) for row in mine])
             marker = "o" if len(steps) == 1 else None  # a lone step is no line
             (line,) = axis.plot(steps, smooth(values, window), label=task, marker=marker)
             axis.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
-    for axis, title in zip(
-        axes, ("L1 loss (pixels on the 0..255 scale)", "SupCon loss"), strict=True
-    ):
+    titles = ("L1 loss (pixels on the 0..255 scale)", "SupCon loss")
+    for axis, title in zip(axes, titles, strict=True):
         axis.set(title=title, xlabel="step")
         axis.grid(alpha=0.3)
     axes[0].legend(title="task")
-    if all(float(row["supcon"]) == 0 for row in rows):  # fine-tuning: λ = 0 by default
-        axes[1].text(
-            0.5, 0.5, "not used in this run (weight 0)", ha="center", transform=axes[1].transAxes
-        )
+    if len(plotted) == 1:  # fine-tuning: SupCon weight 0 by default
+        axes[1].set(xticks=[], yticks=[])
+        axes[1].text(0.5, 0.5, "not used in this run (weight 0)", ha="center", va="center")
     figure.suptitle(
         f"{Path(run).resolve().name}: faint, each step of a task; solid, the mean of its last "
         f"{window} steps"
