@@ -27,7 +27,7 @@ from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.evaluate import eval_pairs, score
 from ipt_train.restore import pick_device, restore_image
-from ipt_train.tilegrid import BLENDS, TileConfig, tile_count, tile_lines
+from ipt_train.tilegrid import BLENDS, TileConfig, grid_stride, tile_count, tile_lines
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 input -> sH x sW x 3 uint8 output
 
@@ -56,7 +56,7 @@ def seam_index(restore: Restorer, image: np.ndarray, tiles: TileConfig, scale: i
     energy of each of two grids half a stride apart over the other output's at the same lines
     (Y channel); 1 without seams."""
     height, width = image.shape[:2]
-    shift = _stride(tiles) // 2
+    shift = grid_stride(tiles) // 2
     shifted_input = np.pad(image, ((shift, 0), (shift, 0), (0, 0)), mode="symmetric")
     plain = rgb_to_y(restore(image))
     shifted = rgb_to_y(restore(shifted_input))[shift * scale :, shift * scale :]
@@ -70,11 +70,6 @@ def seam_index(restore: Restorer, image: np.ndarray, tiles: TileConfig, scale: i
     own = line_energy(plain, lines(0)) + line_energy(shifted, lines(shift))
     other = line_energy(shifted, lines(0)) + line_energy(plain, lines(shift))
     return own / max(other, 1e-12)
-
-
-def _stride(tiles: TileConfig) -> int:
-    """Input pixels between neighbouring tiles of the blend's grid."""
-    return tiles.tile // 4 if tiles.blend == "official" else tiles.tile - tiles.overlap
 
 
 def compare_blends(

@@ -43,6 +43,11 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def grid_stride(tiles: TileConfig) -> int:
+    """Input pixels between neighbouring tiles of the blend's grid: tile/4 for ``official``."""
+    return tiles.tile // 4 if tiles.blend == "official" else tiles.tile - tiles.overlap
+
+
 def tile_count(tiles: TileConfig, height: int, width: int) -> int:
     """Forward passes of one tile that restoring an H x W image takes (x8 with self-ensemble)."""
     height, width = max(height, tiles.tile), max(width, tiles.tile)  # small images are padded
@@ -60,21 +65,24 @@ def tile_lines(tiles: TileConfig, length: int, scale: int) -> list[int]:
     its contribution (a seam would lie between output pixels p-1 and p)."""
     padded = max(length, tiles.tile)
     if tiles.blend == "official":
-        m = tiles.tile // 4
-        used = padded - (padded - tiles.tile) % m
+        used, step = official_used(padded, tiles.tile), grid_stride(tiles) * scale
         band = used * scale - official_band(tiles.tile, padded - used, scale)[0]
-        lines = {*range(m * scale, band, m * scale), band}
+        lines = {*range(step, band, step), band}
     else:
         starts = tile_starts(padded, tiles.tile, tiles.overlap)
         lines = {edge * scale for start in starts for edge in (start, start + tiles.tile)}
     return sorted(p for p in lines if 0 < p < length * scale)
 
 
+def official_used(length: int, tile: int) -> int:
+    """The part of an axis the official stride grid covers: the whole steps of tile/4."""
+    return length - (length - tile) % (tile // 4)
+
+
 def official_starts(length: int, tile: int) -> range:
     """Tile starts of the official stride grid along an axis: every tile/4 pixels, over the
     part of the axis that whole steps reach."""
-    m = tile // 4
-    return range(0, length - (length - tile) % m - tile + 1, m)
+    return range(0, official_used(length, tile) - tile + 1, tile // 4)
 
 
 def official_band(tile: int, left_over: int, scale: int) -> tuple[int, int]:

@@ -26,7 +26,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ipt_train.tilegrid import TileConfig, official_band, official_starts, tile_starts
+from ipt_train.tilegrid import (
+    TileConfig,
+    official_band,
+    official_starts,
+    official_used,
+    tile_starts,
+)
 
 # [n, 3, T, T] input tiles -> [n, 3, sT, sT] output tiles (float32), at most the tile batch at once
 TileRunner = Callable[[torch.Tensor], torch.Tensor]
@@ -60,14 +66,17 @@ def restore_tiled(
     """``image`` [3, H, W] float 0..255 on the model's device -> [3, sH, sW] float32 output."""
     _, height, width = image.shape
     padded = symmetric_pad(image, tiles.tile, tiles.tile)
+    # The grid blends' grid is the same whatever the transform: self-ensemble runs per tile
+    per_tile_ensemble = tiles.self_ensemble and tiles.blend != "official"
+    run = _runner(model, slot, tiles.batch, per_tile_ensemble)
     if tiles.blend != "official":
-        ensemble = tiles.self_ensemble  # per tile: the grid is the same whatever the transform
-        out = _grid_blend(_runner(model, slot, tiles.batch, ensemble), padded, scale, tiles)
+        out = _grid_blend(run, padded, scale, tiles)
     elif not tiles.self_ensemble:
-        out = official_chop(_runner(model, slot, tiles.batch, False), padded, scale, tiles.tile)
+        out = official_chop(run, padded, scale, tiles.tile, tiles.batch)
     else:  # as the official code: each of the 8 transformed whole images through the chop
-        run = _runner(model, slot, tiles.batch, False)
-        out = _dihedral_mean(padded, lambda x: official_chop(run, x, scale, tiles.tile))
+        out = _dihedral_mean(
+            padded, lambda x: official_chop(run, x, scale, tiles.tile, tiles.batch)
+        )
     return out[:, : height * scale, : width * scale]
 
 
@@ -155,8 +164,7 @@ def official_chop(
     columns, and the corner from one tile there; each band replaces about half the width the
     grid leaves over (docs/evaluation.md)."""
     _, height, width = image.shape
-    m = tile // 4
-    used = (height - (height - tile) % m, width - (width - tile) % m)
+    used = (official_used(height, tile), official_used(width, tile))
     parts = _OfficialParts(tuple(n * scale for n in used), tile * scale, image.device)
     jobs = _official_jobs(parts, height, width, tile, scale)
     for chunk in _chunks(jobs, batch):
@@ -210,31 +218,44 @@ def _official_jobs(parts: _OfficialParts, height: int, width: int, tile: int, sc
     rows, cols = official_starts(height, tile), official_starts(width, tile)
     jobs = []
     for i, y in enumerate(rows):
-        along_y = mask.outer(mask.along(i, len(rows)), mask.full)
+        along_y = mask.strip(i, len(rows), vertical=True)
         for j, x in enumerate(cols):
-            along_x = mask.outer(mask.full, mask.along(j, len(cols)))
+            along_x = mask.strip(j, len(cols), vertical=False)
             targets = [(parts.interior, (y * scale, x * scale), mask.centre_2d)]
             targets += [(parts.top, (0, x * scale), along_x)] if i == 0 else []
             targets += [(parts.left, (y * scale, 0), along_y)] if j == 0 else []
             jobs.append(((y, x), targets))
         jobs.append(((y, width - tile), [(parts.right, (y * scale, 0), along_y)]))
     for j, x in enumerate(cols):
-        along_x = mask.outer(mask.full, mask.along(j, len(cols)))
+        along_x = mask.strip(j, len(cols), vertical=False)
         jobs.append(((height - tile, x), [(parts.bottom, (0, x * scale), along_x)]))
-    whole = mask.outer(mask.full, mask.full)
+    whole = mask.strip(0, 1, vertical=False)
     jobs.append(((height - tile, width - tile), [(parts.corner, (0, 0), whole)]))
     return jobs
 
 
 class _Masks:
     """0/1 float64 weights of the official blend for output tiles of side ``size``, whose outer
-    ``margin`` pixels count only at the ends of a row or column of tiles."""
+    ``margin`` pixels count only at the ends of a row or column of tiles. There are few
+    distinct ones, each made once: a job list holds no weights per tile."""
 
     def __init__(self, size: int, margin: int, device: torch.device) -> None:
         self.size, self.margin, self.device = size, margin, device
         self.full = torch.ones(size, dtype=torch.float64, device=device)
         centre = self.along(1, 3)
         self.centre_2d = self.outer(centre, centre)
+        self._strips: dict[tuple[bool, bool, bool], torch.Tensor] = {}
+
+    def strip(self, index: int, count: int, vertical: bool) -> torch.Tensor:
+        """[size, size]: the weights of tile ``index`` of a strip of ``count`` tiles, blended
+        along the strip only (down it if ``vertical``, else across)."""
+        key = (index == 0, index == count - 1, vertical)
+        if key not in self._strips:
+            kept = self.along(index, count)
+            self._strips[key] = (
+                self.outer(kept, self.full) if vertical else self.outer(self.full, kept)
+            )
+        return self._strips[key]
 
     def along(self, index: int, count: int) -> torch.Tensor:
         """[size]: the part of tile ``index`` of ``count`` (along one axis) that counts."""

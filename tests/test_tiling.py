@@ -161,6 +161,14 @@ def test_official_blend_never_runs_more_than_the_tile_batch(ensemble):
     assert op.sizes == ([8, 8, 8, 6] if not ensemble else [8, 8, 8, 6] * 8)
 
 
+def test_official_blend_fills_a_tile_batch_larger_than_its_default():
+    """160x160 is a 10 x 10 stride-12 grid, strips of 10 and 10 and the corner: 121 tiles, run
+    as 100 + 21 when the tile batch is 100 (the chop once cut them into passes of 64)."""
+    op = BatchRecorder(2)
+    restore_tiled(op, image(160, 160), 0, 2, TileConfig(batch=100, blend="official"))
+    assert op.sizes == [100, 21]
+
+
 @pytest.fixture(scope="module")
 def official_chop() -> dict:
     """Outputs of the official code's forward_chop (and forward_x8 around it) with a small
