@@ -51,14 +51,20 @@ def _beside(lines: list[int], length: int) -> np.ndarray:
     return marked
 
 
-def seam_index(restore: Restorer, image: np.ndarray, tiles: TileConfig, scale: int) -> float:
+def seam_index(
+    restore: Restorer,
+    image: np.ndarray,
+    tiles: TileConfig,
+    scale: int,
+    restored: np.ndarray | None = None,
+) -> float:
     """Seams of restoring ``image`` (H x W x 3) with ``restore`` tiled as ``tiles``: the line
     energy of each of two grids half a stride apart over the other output's at the same lines
-    (Y channel); 1 without seams."""
+    (Y channel); 1 without seams. ``restored``: ``restore(image)`` where the caller has it."""
     height, width = image.shape[:2]
     shift = grid_stride(tiles) // 2
     shifted_input = np.pad(image, ((shift, 0), (shift, 0), (0, 0)), mode="symmetric")
-    plain = rgb_to_y(restore(image))
+    plain = rgb_to_y(restore(image) if restored is None else restored)
     shifted = rgb_to_y(restore(shifted_input))[shift * scale :, shift * scale :]
 
     def lines(offset: int) -> tuple[list[int], list[int]]:
@@ -95,7 +101,7 @@ def compare_blends(
         restore = _restorer(model, slot, task.scale, config)
         for pair in pairs:
             output = restore(pair.input)
-            seams = seam_index(restore, pair.input, config, task.scale)
+            seams = seam_index(restore, pair.input, config, task.scale, restored=output)
             rows.append({**score(output, pair.target, task), "seam_index": seams})
         passes = sum(tile_count(config, *pair.input.shape[:2]) for pair in pairs)
         results[blend] = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

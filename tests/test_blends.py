@@ -60,7 +60,10 @@ def test_the_default_blend_hides_tile_edges_that_whole_tile_averaging_shows(phot
     model = EdgeErrorUpscale(2)
     default = TileConfig()
     assert default.blend == "distance"
-    assert seam_index(tiled(model, default, 2), photo, default, 2) <= SEAM_THRESHOLD
+    restore = tiled(model, default, 2)
+    index = seam_index(restore, photo, default, 2)
+    assert index <= SEAM_THRESHOLD
+    assert seam_index(restore, photo, default, 2, restored=restore(photo)) == index
     official = TileConfig(blend="official")
     assert seam_index(tiled(model, official, 2), photo, official, 2) <= SEAM_THRESHOLD
     uniform = TileConfig(blend="uniform")
