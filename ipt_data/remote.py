@@ -327,7 +327,7 @@ def file_size(location: SetLocation, relative: str) -> int | None:
 def list_names(location: SetLocation, folder: str) -> list[str]:
     """The names (last path component) of what the set-relative ``folder`` ("" for the set's
     root) holds now; none where it does not exist."""
-    base = location.path(folder) if folder else location.root
+    base = _folder_path(location, folder)
     with _uncached(location, base):
         try:
             names = location.fs.ls(base, detail=False)
@@ -347,13 +347,17 @@ def _uncached(location: SetLocation, path: str) -> Iterator[None]:
         location.fs.invalidate_cache(path)
 
 
+def _folder_path(location: SetLocation, folder: str) -> str:
+    """The full path of a set-relative folder, "" being the set's root."""
+    return location.path(folder) if folder else location.root
+
+
 def remove_partials(location: SetLocation, folder: str) -> int:
     """Delete temporary files left in ``folder`` (set-relative; "" for the root) by interrupted
     writes."""
     stale = [name for name in list_names(location, folder) if name.endswith(PARTIAL_SUFFIX)]
-    parent = location.path(folder) if folder else location.root
     for name in stale:
-        discard(location, f"{parent}/{name}")
+        discard(location, f"{_folder_path(location, folder)}/{name}")
     return len(stale)
 
 

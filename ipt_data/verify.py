@@ -236,11 +236,10 @@ def _subset_lines(manifest: dict) -> list[str]:
     subset = manifest.get("subset_of")
     if subset is None:
         return []
-    picked = subset.get("selection")
-    picked = picked if isinstance(picked, dict) else {}
-    digest = str(subset.get("manifest_sha256"))[:16]
+    picked = subset["selection"]  # its fields are checked with the manifest
+    digest = subset["manifest_sha256"][:16]
     return [
-        f"subset of {subset.get('source')} (tasks {picked.get('tasks')}, shards "
-        f"{picked.get('shards')}; source manifest sha256 {digest})",
+        f"subset of {subset['source']} (tasks {picked['tasks']}, shards {picked['shards']}; "
+        f"source manifest sha256 {digest})",
         "  image counts and 'too small' below are the whole source set's",
     ]
