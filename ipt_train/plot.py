@@ -58,11 +58,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20) -> Path:
     """Per-task L1 and SupCon against the step (raw, faint; smoothed, solid) -> ``RUN/loss.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = read_log(run)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     plotted = ("l1", "supcon") if any(float(row["supcon"]) for row in rows) else ("l1",)
@@ -87,10 +83,7 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
         f"{window} steps"
     )
     out = Path(out) if out else Path(run) / "loss.png"
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    write_bytes_atomic(out, buffer.getvalue())
+    write_bytes_atomic(out, _png(figure))
     return out
 
 
@@ -133,11 +126,7 @@ PANEL_GAP, TITLE_HEIGHT, TITLE_POINTS = 8, 34, 9  # pixels, pixels (two lines), 
 def render_panels(rows: list[list[tuple[np.ndarray, str]]]) -> bytes:
     """PNG bytes of titled panels, one list per row, each image drawn at its own pixels (no
     resampling: an SR comparison must not be smoothed by the figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     width = max(
         sum(image.shape[1] for image, _ in row) + PANEL_GAP * (len(row) - 1) for row in rows
     )
@@ -156,7 +145,22 @@ def render_panels(rows: list[list[tuple[np.ndarray, str]]]) -> bytes:
             axis.set_title(title, fontsize=TITLE_POINTS, pad=4, loc="left")
             left += w + PANEL_GAP
         top -= height + PANEL_GAP
+    return _png(figure)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display is needed or opened)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    """The figure as PNG bytes at 100 dpi (one figure inch = 100 pixels); the figure is closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
+    _pyplot().close(figure)
     return buffer.getvalue()
