@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ipt_data import __version__
-from ipt_data.errors import UserErrorGroup, interrupted_then
+from ipt_data.clickgroup import UserErrorGroup
+from ipt_data.errors import interrupted_then
 
 # What an interrupted build or transfer leaves, and how to go on (Error: interrupted; ...).
 CHUNKS_KEPT = "the chunks finished so far are kept, no manifest was written: rerun to resume"

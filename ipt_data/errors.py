@@ -1,17 +1,16 @@
-"""Errors a user can cause, and the click group that turns them into one clear line.
+"""Errors a user can cause.
 
 Everything a user can get wrong (a missing folder, an unknown task, a bad manifest, an image too
 small) raises :class:`UserError` (or a subclass) with a message that names the problem. The CLIs
-of both packages use :class:`UserErrorGroup`, which prints ``Error: <message>`` and exits with
-status 1 instead of a traceback. Programming errors still raise normally.
+of both packages turn it into one ``Error: <message>`` line and exit status 1 instead of a
+traceback (:class:`ipt_data.clickgroup.UserErrorGroup`). Programming errors still raise normally.
+This module imports nothing beyond the standard library, so that every module may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
-import click
 
 
 class UserError(Exception):
@@ -45,20 +44,6 @@ def interrupted_then(what_now: str) -> Iterator[None]:
         raise Interrupted(f"interrupted; {what_now}") from None
 
 
-class UserErrorGroup(click.Group):
-    """A click group whose commands report :class:`UserError` as ``Error: ...`` with exit 1
-    (:class:`Interrupted`, and a Ctrl-C not handled by the command: ``Error: interrupted...``
-    with exit 130) instead of a traceback or click's bare ``Aborted!``."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise _click_error(Interrupted("interrupted")) from None
-        except UserError as error:
-            raise _click_error(error) from None
-
-
 def printable(text: str) -> str:
     """``text`` with non-printable characters (C0 and C1 controls, ...) escaped, newlines kept:
     strings from someone else's manifest or tar members reach messages, and must not send
@@ -66,11 +51,3 @@ def printable(text: str) -> str:
     return "".join(
         char if char.isprintable() or char == "\n" else repr(char)[1:-1] for char in text
     )
-
-
-def _click_error(error: UserError) -> click.ClickException:
-    """The click exception that prints ``Error: <message>`` (escaped: :func:`printable`) and exits
-    with the error's code."""
-    failure = click.ClickException(printable(str(error)))
-    failure.exit_code = getattr(error, "exit_code", failure.exit_code)
-    return failure

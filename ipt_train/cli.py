@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from ipt_data import __version__
-from ipt_data.errors import UserErrorGroup
+from ipt_data.clickgroup import UserErrorGroup
+from ipt_train.configs import (
+    EvalConfig,
+    FinetuneConfig,
+    LoaderConfig,
+    PretrainConfig,
+    TrainConfig,
+    finetune_training,
+    pretrain_training,
+)
+from ipt_train.schedule import LRSchedule
 from ipt_train.tilegrid import BLENDS, TileConfig
 
 
@@ -59,9 +69,7 @@ def restore(ckpt, task_name, inputs, out, device, num_heads, **options):
 
 
 @main.command()
-@click.option(
-    "--config", "--preset", "preset", default="ipt-full", show_default=True, help="ipt-full|tiny."
-)
+@click.option("--preset", default="ipt-full", show_default=True, help="ipt-full|tiny.")
 @click.option("--scales", default="2+3+4+1+1+1", show_default=True, help="Task layout, '+'-joined.")
 @click.option("--batch", default=4, show_default=True)
 @click.option("--slot", default=0, show_default=True, help="Task slot the steps run.")
@@ -112,29 +120,48 @@ def convert(source, out, task_name, into, num_heads):
     click.echo(f"wrote {out}: official layout, task scales {'+'.join(map(str, cfg.scales))}")
 
 
-def training_options(steps, batch, lr, lr_after, every, supcon=0.1):
-    """The options every training command shares (defaults differ by command)."""
+def training_options(defaults: TrainConfig):
+    """The options every training command shares; their defaults are ``defaults``' and
+    LoaderConfig's (a schedule without decay, as fine-tuning's, leaves --lr-after following
+    --lr)."""
+    decays = defaults.schedule.lr_after != defaults.schedule.lr
+    lr_after = defaults.schedule.lr_after if decays else None
+    loader = LoaderConfig()
     options = [
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder."),
-        click.option("--steps", default=steps, show_default=True, help="Optimizer steps."),
-        click.option("--batch", default=batch, show_default=True, help="Global batch (samples)."),
-        click.option("--micro-batch", default=8, show_default=True, help="Per process/forward."),
-        click.option("--lr", default=lr, show_default=True, help="Learning rate."),
+        click.option("--steps", default=defaults.steps, show_default=True, help="Optimizer steps."),
+        click.option("--batch", default=defaults.batch, show_default=True, help="Global samples."),
+        click.option(
+            "--micro-batch",
+            default=loader.micro_batch,
+            show_default=True,
+            help="Samples per forward pass.",
+        ),
+        click.option(
+            "--lr", default=defaults.schedule.lr, show_default=True, help="Learning rate."
+        ),
         click.option("--lr-after", default=lr_after, type=float, help="lr after --decay-at."),
-        click.option("--decay-at", default=2 / 3, show_default=True, help="Fraction of steps."),
-        click.option("--supcon-weight", default=supcon, show_default=True, help="λ of SupCon."),
+        click.option(
+            "--decay-at",
+            default=defaults.schedule.decay_at,
+            show_default=f"{defaults.schedule.decay_at:.4g}",
+            help="Fraction of the steps.",
+        ),
+        click.option(
+            "--supcon-weight", default=defaults.supcon_weight, show_default=True, help="λ"
+        ),
         click.option(
             "--supcon-local",
             is_flag=True,
             help="SupCon negatives from this process's micro-batch only, not every rank's.",
         ),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--seed", default=defaults.seed, show_default=True),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
-        click.option("--checkpoint-every", default=every, show_default=True, help="Steps."),
-        click.option("--workers", default=2, show_default=True, help="Loader processes/rank."),
-        click.option("--shuffle-buffer", default=512, show_default=True, help="Per task."),
+        click.option("--checkpoint-every", default=defaults.checkpoint_every, show_default=True),
+        click.option("--workers", default=loader.workers, show_default=True, help="Per rank."),
+        click.option("--shuffle-buffer", default=loader.shuffle_buffer, show_default=True),
         click.option("--no-augment", is_flag=True, help="No random flips/rotations."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda."),
+        click.option("--device", default=defaults.device, show_default=True, help="auto/cpu/cuda"),
         click.option("--resume", is_flag=True, help="Continue the run in --out."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
@@ -149,10 +176,6 @@ def training_options(steps, batch, lr, lr_after, every, supcon=0.1):
 
 def _train_config(options: dict):
     """(TrainConfig, LoaderConfig) from the shared options (removed from ``options``)."""
-    from ipt_train.data import LoaderConfig
-    from ipt_train.schedule import LRSchedule
-    from ipt_train.train import TrainConfig
-
     lr, lr_after = options.pop("lr"), options.pop("lr_after")
     schedule = LRSchedule(lr, lr if lr_after is None else lr_after, options.pop("decay_at"))
     loader = LoaderConfig(
@@ -180,15 +203,15 @@ def _train_config(options: dict):
 
 @main.command()
 @click.option("--shards", required=True, help="Shard set folder or URL (ipt-data build).")
-@click.option("--config", "preset", default="ipt-tiny", show_default=True, help="ipt-full|tiny.")
-@click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
+@click.option("--preset", default=PretrainConfig.preset, show_default=True, help="ipt-full|tiny.")
+@click.option("--tasks", default=PretrainConfig.tasks, show_default=True, help="Comma-separated.")
 @click.option("--task-weights", default=None, help="Relative draw weights, e.g. sr_x2=2,derain=1.")
-@training_options(steps=1000, batch=256, lr=5e-5, lr_after=2e-5, every=500)
+@training_options(pretrain_training())
 def pretrain(shards, preset, tasks, task_weights, **options):
     """Multi-task pretraining from a shard set (one process, or many under torchrun)."""
     import os
 
-    from ipt_train.train import PretrainConfig, pretrain
+    from ipt_train.train import pretrain
 
     train, loader = _train_config(options)
     setup = PretrainConfig(shards, preset, tasks, task_weights, loader)
@@ -202,16 +225,16 @@ def pretrain(shards, preset, tasks, task_weights, **options):
 @click.option("--baseline", is_flag=True, help="Score the input itself (bicubic for SR).")
 @click.option("--task", "task_name", required=True, help="sr_x2, sr_x3, sr_x4, derain, denoise_30…")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark folder (Set5-style…).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the denoising noise.")
+@click.option("--seed", default=EvalConfig.noise_seed, show_default=True, help="Of the noise.")
 @tiling_options
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default=EvalConfig.device, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def evaluate(ckpt, baseline, task_name, data, seed, device, as_json, **options):
     """PSNR/SSIM of a checkpoint's TASK on a benchmark folder, per image and mean."""
     import json
 
     from ipt_data.errors import UserError
-    from ipt_train.evaluate import EvalConfig, evaluate, format_table
+    from ipt_train.evaluate import evaluate, format_table
 
     if bool(ckpt) == baseline:
         raise UserError("give exactly one of --ckpt and --baseline")
@@ -222,20 +245,21 @@ def evaluate(ckpt, baseline, task_name, data, seed, device, as_json, **options):
 
 
 @main.command()
-@click.option("--init", required=True, type=click.Path(), help="Pretrained ckpt.")
+@click.option("--init", type=click.Path(), help="Pretrained ckpt [none: random --preset].")
+@click.option("--preset", default=FinetuneConfig.preset, show_default=True, help="Without --init.")
 @click.option("--task", "task_name", required=True, help="Task to fine-tune, e.g. sr_x2.")
 @click.option("--shards", default=None, help="Shard set (folder or URL) holding the task.")
 @click.option("--clean", default=None, type=click.Path(), help="Clean images, corrupted live.")
 @click.option("--pairs", default=None, type=click.Path(), help="rain-N/norain-N pairs folder.")
-@training_options(steps=1000, batch=64, lr=2e-5, lr_after=None, every=500, supcon=0.0)
-def finetune(init, task_name, shards, clean, pairs, **options):
+@training_options(finetune_training())
+def finetune(init, preset, task_name, shards, clean, pairs, **options):
     """Fine-tune one task of a pretrained IPT (other heads and tails dropped)."""
     import os
 
-    from ipt_train.finetune import FinetuneConfig, finetune
+    from ipt_train.finetune import finetune
 
     train, loader = _train_config(options)
-    setup = FinetuneConfig(init, task_name, shards, clean, pairs, loader)
+    setup = FinetuneConfig(init, task_name, shards, clean, pairs, loader, preset)
     result = finetune(train, setup)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"{result.summary(train.batch)}; run in {train.out}")

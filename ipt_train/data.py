@@ -41,20 +41,8 @@ from ipt_data.errors import UserError
 from ipt_data.remote import SetLocation, open_read, open_set_location, read_set_manifest
 from ipt_data.safety import read_samples
 from ipt_data.tasks import Task
+from ipt_train.configs import LoaderConfig
 from ipt_train.schedule import TaskMix
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    micro_batch: int = 8  # samples per unit (per rank, per forward pass)
-    workers: int = 2  # DataLoader worker processes per rank (0: in the training process)
-    shuffle_buffer: int = 512  # encoded samples held per task and reader
-    augment: bool = True  # random flips and 90° rotations, the same for input and target
-    prefetch: int = 2  # units prepared ahead per worker
-
-    def __post_init__(self) -> None:
-        if self.micro_batch < 1 or self.workers < 0 or self.shuffle_buffer < 1:
-            raise UserError("micro batch and shuffle buffer must be >= 1, workers >= 0")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +32,8 @@ from ipt_data.progress import progress_bar
 from ipt_data.sources import is_image_name
 from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.configs import EvalConfig
 from ipt_train.restore import pick_device, restore_image
-from ipt_train.tilegrid import TileConfig
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    tiles: TileConfig = field(default_factory=TileConfig)
-    device: str = "cpu"
-    noise_seed: int = 0  # seeds the denoising inputs (per image: (seed, index))
-    progress: bool = True
 
 
 @dataclass(frozen=True)

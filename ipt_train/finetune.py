@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
@@ -29,8 +29,8 @@ from ipt_data.patches import ImageTooSmall, cut_pairs
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import INPUT_SIZE, Task, get_task
 from ipt_train.checkpoint import build_model, read_checkpoint, to_single_task
+from ipt_train.configs import FinetuneConfig, TrainConfig
 from ipt_train.data import (
-    LoaderConfig,
     PairBatcher,
     ShardSet,
     fingerprint,
@@ -38,10 +38,9 @@ from ipt_train.data import (
     shuffled,
 )
 from ipt_train.evaluate import rain_pairs
-from ipt_train.model import IPT, PRETRAIN_SCALES
+from ipt_train.model import IPT, PRETRAIN_SCALES, preset_config
 from ipt_train.schedule import TaskMix
 from ipt_train.train import (
-    TrainConfig,
     TrainResult,
     distributed,
     run_identity,
@@ -52,14 +51,14 @@ from ipt_train.train import (
 PATCHES_PER_IMAGE = 8  # pairs cut from a clean image each time it comes round
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    init: str  # checkpoint to start from (6-task pretrained, or single-task)
-    task: str
-    shards: str | None = None  # exactly one of shards / clean / pairs
-    clean: str | None = None
-    pairs: str | None = None
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
+def starting_model(setup: FinetuneConfig, task: Task, seed: int) -> tuple[IPT, dict]:
+    """The model fine-tuning starts from, and what identifies it in the run's identity: the
+    initial checkpoint's task slot, or a ``setup.preset`` model initialised from ``seed``."""
+    if setup.init:
+        return initial_model(setup.init, task), {"init_sha256": file_sha256(setup.init)}
+    torch.manual_seed(seed)
+    model = IPT(preset_config(setup.preset, scales=(task.scale,)))
+    return model, {"init": f"random {setup.preset}"}
 
 
 def initial_model(path: str | Path, task: Task) -> IPT:
@@ -170,14 +169,14 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
     source = training_source(setup)
     source.check(task)
     mix = TaskMix.uniform([task])
-    model = initial_model(setup.init, task)  # a bad checkpoint fails before anything starts
+    model, start = starting_model(setup, task, config.seed)  # a bad checkpoint fails here
     identity = run_identity(
         task=task.name,
-        init_sha256=file_sha256(setup.init),
+        **start,
         data=source.fingerprint([task]),
         micro_batch=setup.loader.micro_batch,
     )
-    notes = {"init": os.path.abspath(setup.init)}
+    notes = {"init": os.path.abspath(setup.init)} if setup.init else {}
     with distributed(config.device) as env:
         model = model.to(env.device)
         job = stream_job(

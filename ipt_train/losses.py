@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-SUPCON_WEIGHT = 0.1  # λ
+from ipt_train.configs import SUPCON_WEIGHT
+
 SUPCON_TEMPERATURE = 0.07  # τ
 # Cost at the paper's global batch of 256 images (65,536 tokens of 576): each micro-step gathers
 # 151 MB of float32 keys on every rank (and all-reduces that much in the backward pass); a chunk of

@@ -39,11 +39,12 @@ from ipt_data.errors import UserError
 from ipt_data.progress import progress_bar
 from ipt_data.tasks import TASKS, parse_tasks
 from ipt_train.checkpoint import PLAIN_NUM_HEADS, export_official
-from ipt_train.data import LoaderConfig, PretrainStream, ShardSet, check_unit, make_loader
-from ipt_train.losses import SUPCON_WEIGHT, pretrain_loss
+from ipt_train.configs import LoaderConfig, PretrainConfig, TrainConfig
+from ipt_train.data import PretrainStream, ShardSet, check_unit, make_loader
+from ipt_train.losses import pretrain_loss
 from ipt_train.model import IPT, preset_config
 from ipt_train.restore import pick_device
-from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
+from ipt_train.schedule import TaskMix, parse_task_weights
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 ADAM_IMPLEMENTATIONS = {
@@ -64,32 +65,6 @@ LOG_FIELDS = (
     "data_wait",
     "seconds",
 )  # data_wait: the fraction of the step spent waiting for the loader
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What every training run shares (pretraining and fine-tuning)."""
-
-    out: str
-    steps: int = 1000
-    batch: int = 256  # global samples per step (paper: 256)
-    schedule: LRSchedule = field(default_factory=LRSchedule)
-    supcon_weight: float = SUPCON_WEIGHT
-    # SupCon negatives from every rank's micro-batch (docs/training.md: the other images of
-    # the batch); False: this rank's micro-batch only, whose cost per rank does not grow with
-    # the ranks.
-    supcon_across_ranks: bool = True
-    compile: bool = False  # torch.compile the forward pass: one graph per task slot trained
-    seed: int = 0
-    checkpoint_every: int = 500
-    device: str = "auto"  # auto: cuda:LOCAL_RANK where a GPU exists, else cpu
-    resume: bool = False
-    progress: bool = True
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.checkpoint_every < 1 or self.batch < 1:
-            raise UserError("--steps, --batch and --checkpoint-every must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -444,17 +419,6 @@ def _summary_writer(folder: Path):
 def run_identity(**settings) -> dict:
     """Settings as plain JSON-able values (tuples become lists) for the checkpoint."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """What pretraining adds: the shard set, the model preset, the tasks and their weights."""
-
-    shards: str
-    preset: str = "ipt-tiny"
-    tasks: str = "all"
-    task_weights: str | None = None  # "sr_x2=2,derain=1"; unnamed tasks weigh 1
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
 
 
 def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:

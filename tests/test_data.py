@@ -15,8 +15,8 @@ from test_train_support import build_train_shards
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import TASKS, parse_tasks
+from ipt_train.configs import LoaderConfig
 from ipt_train.data import (
-    LoaderConfig,
     PretrainStream,
     ShardSet,
     make_loader,

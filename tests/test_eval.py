@@ -15,7 +15,8 @@ from test_train_support import tiny_checkpoint
 from ipt_data.imresize import downscale, mod_crop
 from ipt_data.metrics import psnr_rgb, psnr_y, ssim_y
 from ipt_train.checkpoint import load_model
-from ipt_train.evaluate import EvalConfig, evaluate
+from ipt_train.configs import EvalConfig
+from ipt_train.evaluate import evaluate
 from ipt_train.restore import restore_image
 from ipt_train.tilegrid import TileConfig
 

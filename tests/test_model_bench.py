@@ -34,7 +34,7 @@ def test_bench_reports_timings_flops_and_tiled_speed():
 
 
 def test_bench_cli_prints_one_json_object():
-    args = ["bench", "--config", "ipt-tiny", "--scales", "2", "--batch", "1", "--steps", "1"]
+    args = ["bench", "--preset", "ipt-tiny", "--scales", "2", "--batch", "1", "--steps", "1"]
     result = CliRunner().invoke(main, [*args, "--tiled-size", "20", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -52,7 +52,7 @@ def test_bench_cli_prints_one_json_object():
         (["--slot", "3", "--scales", "2"], "--slot 3 out of range"),
         (["--compare-blends", "."], "needs --ckpt"),
         (["--compare-blends", ".", "--ckpt", "x.pt", "--task", "derain"], "scores SR tasks"),
-        (["--config", "ipt-huge"], "unknown model preset 'ipt-huge'"),
+        (["--preset", "ipt-huge"], "unknown model preset 'ipt-huge'"),
         (["--task", "sr_x5"], "unknown task 'sr_x5'"),
         (["--amp", "fp32"], "unknown --amp 'fp32'"),
         (["--batch", "0"], "--batch must be at least 1"),

@@ -35,7 +35,7 @@ def _smoke_env(tmp_path: Path, **knobs: str) -> dict[str, str]:
         "IMAGENET": str(tmp_path / "photos"),
         "PATCHES": "2",
         "IMAGES_PER_SHARD": "4",
-        "CONFIG": "ipt-tiny",
+        "PRESET": "ipt-tiny",
         "NNODES": "1",
         "NPROC_PER_NODE": "2",
         "MASTER_PORT": str(free_port()),

@@ -18,9 +18,10 @@ from test_train_support import build_train_shards
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import parse_tasks
+from ipt_train.configs import TrainConfig
 from ipt_train.model import IPT, ipt_tiny
 from ipt_train.schedule import TaskMix
-from ipt_train.train import TrainConfig, _segments
+from ipt_train.train import _segments
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
@@ -28,8 +29,8 @@ STATE = "checkpoint.pt"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 DDP_SCRIPT = """
 import json, os, sys, torch
-from ipt_train.data import LoaderConfig
-from ipt_train.train import PretrainConfig, TrainConfig, pretrain
+from ipt_train.configs import LoaderConfig, PretrainConfig, TrainConfig
+from ipt_train.train import pretrain
 
 # The guard matters: loader workers start from a forkserver, which imports this module again.
 if __name__ == "__main__":
@@ -212,7 +213,7 @@ def test_user_errors_are_one_line_and_write_nothing(train_shards, tmp_path):
     cases = [
         (["--tasks", "derain"], "no derain samples"),
         (["--tasks", "sr_x2", "--batch", "6", "--micro-batch", "4"], "not a multiple"),
-        (["--tasks", "sr_x2", "--config", "ipt-huge"], "unknown model preset"),
+        (["--tasks", "sr_x2", "--preset", "ipt-huge"], "unknown model preset"),
     ]
     for extra, message in cases:
         out = tmp_path / "run"

@@ -17,10 +17,9 @@ from ipt_data.errors import UserError
 from ipt_data.fileio import file_sha256
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
-from ipt_train.data import LoaderConfig
-from ipt_train.evaluate import EvalConfig, evaluate
-from ipt_train.finetune import FinetuneConfig, finetune, initial_model
-from ipt_train.train import TrainConfig
+from ipt_train.configs import EvalConfig, FinetuneConfig, LoaderConfig, TrainConfig
+from ipt_train.evaluate import evaluate
+from ipt_train.finetune import finetune, initial_model, starting_model
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
@@ -142,3 +141,19 @@ def test_clean_folder_of_images_too_small_is_an_error_not_a_hang(pretrained, tmp
     with pytest.raises(UserError, match="every image is too small for sr_x2"):
         finetune(short_run(tmp_path / "run"), setup)
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_without_init_starts_from_a_seeded_random_preset(train_shards, tmp_path):
+    """The from-scratch arm of an ablation: same seed, same start; another seed, another."""
+    setup = FinetuneConfig(None, "sr_x2", shards=str(train_shards), loader=LOADER)
+    result = finetune(short_run(tmp_path / "a"), setup)
+    assert result.step == 2
+    model = load_model(tmp_path / "a" / "model.pt")
+    assert model.cfg.scales == (2,)
+    task = get_task("sr_x2")
+    first = starting_model(setup, task, seed=0)[0].state_dict()
+    again = starting_model(setup, task, seed=0)[0].state_dict()
+    other = starting_model(setup, task, seed=1)[0].state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    assert not all(torch.equal(v, other[k]) for k, v in first.items())
+    assert load_train_state(tmp_path / "a" / "checkpoint.pt").run["init"] == "random ipt-tiny"
