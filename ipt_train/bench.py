@@ -30,9 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import Task, get_task
+from ipt_train.distributed import pick_device
 from ipt_train.losses import pretrain_loss, supcon_of_anchors
 from ipt_train.model import IPT, IPTConfig, preset_config
-from ipt_train.restore import pick_device
 from ipt_train.tilegrid import TileConfig, tile_count
 from ipt_train.tiling import restore_tiled
 from ipt_train.train import ADAM_IMPLEMENTATIONS, TRAINING_ADAM, make_optimizer

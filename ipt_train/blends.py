@@ -25,8 +25,9 @@ import numpy as np
 from ipt_data.metrics import rgb_to_y
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.distributed import pick_device
 from ipt_train.evaluate import eval_pairs, score
-from ipt_train.restore import pick_device, restore_image
+from ipt_train.restore import restore_image
 from ipt_train.tilegrid import BLENDS, TileConfig, grid_stride, tile_count, tile_lines
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 input -> sH x sW x 3 uint8 output

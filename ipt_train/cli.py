@@ -162,6 +162,12 @@ def training_options(defaults: TrainConfig):
         click.option("--shuffle-buffer", default=loader.shuffle_buffer, show_default=True),
         click.option("--no-augment", is_flag=True, help="No random flips/rotations."),
         click.option("--device", default=defaults.device, show_default=True, help="auto/cpu/cuda"),
+        click.option(
+            "--threads",
+            default=defaults.threads,
+            show_default=True,
+            help="torch CPU threads per process; 0: the cores left after the loader workers.",
+        ),
         click.option("--resume", is_flag=True, help="Continue the run in --out."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
@@ -195,6 +201,7 @@ def _train_config(options: dict):
         seed=options.pop("seed"),
         checkpoint_every=options.pop("checkpoint_every"),
         device=options.pop("device"),
+        threads=options.pop("threads"),
         resume=options.pop("resume"),
         progress=not options.pop("no_progress"),
     )
@@ -211,7 +218,7 @@ def pretrain(shards, preset, tasks, task_weights, **options):
     """Multi-task pretraining from a shard set (one process, or many under torchrun)."""
     import os
 
-    from ipt_train.train import pretrain
+    from ipt_train.pretrain import pretrain
 
     train, loader = _train_config(options)
     setup = PretrainConfig(shards, preset, tasks, task_weights, loader)

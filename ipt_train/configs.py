@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"  # auto: cuda:LOCAL_RANK where a GPU exists, else cpu
+    threads: int = 0  # torch CPU threads per process; 0: distributed.thread_budget's share
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True

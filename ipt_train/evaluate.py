@@ -33,7 +33,8 @@ from ipt_data.sources import is_image_name
 from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.configs import EvalConfig
-from ipt_train.restore import pick_device, restore_image
+from ipt_train.distributed import pick_device
+from ipt_train.restore import restore_image
 
 
 @dataclass(frozen=True)

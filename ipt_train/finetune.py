@@ -37,16 +37,11 @@ from ipt_train.data import (
     shard_sequence,
     shuffled,
 )
+from ipt_train.distributed import distributed, thread_budget
 from ipt_train.evaluate import rain_pairs
 from ipt_train.model import IPT, PRETRAIN_SCALES, preset_config
 from ipt_train.schedule import TaskMix
-from ipt_train.train import (
-    TrainResult,
-    distributed,
-    run_identity,
-    stream_job,
-    train_and_export,
-)
+from ipt_train.train import TrainResult, run_identity, stream_job, train_and_export
 
 PATCHES_PER_IMAGE = 8  # pairs cut from a clean image each time it comes round
 
@@ -177,7 +172,8 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
         micro_batch=setup.loader.micro_batch,
     )
     notes = {"init": os.path.abspath(setup.init)} if setup.init else {}
-    with distributed(config.device) as env:
+    threads = thread_budget(config.threads, setup.loader.workers)
+    with distributed(config.device, threads) as env:
         model = model.to(env.device)
         job = stream_job(
             model, mix, lambda _: 0, source, setup.loader, config.seed, env, identity, notes

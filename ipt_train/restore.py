@@ -22,6 +22,7 @@ from ipt_data.progress import progress_bar
 from ipt_data.sources import walk_sources
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.distributed import pick_device
 from ipt_train.tilegrid import TileConfig
 from ipt_train.tiling import restore_tiled
 
@@ -44,18 +45,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         clash = next(name for name in names if names.count(name) > 1)
         raise UserError(f"two inputs would both be written to {clash}; restore them separately")
     return jobs
-
-
-def pick_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; a malformed name, or a GPU that is not there, is a
-    UserError."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return device
 
 
 def restore_image(

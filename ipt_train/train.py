@@ -7,12 +7,9 @@ schedule. SupCon's negatives are the tokens of every rank's micro-batch, gathere
 micro-step (so with ``accum`` > 1 they span ``micro_batch x world`` images, not the whole global
 batch).
 
-Multi-process: ``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; the process group uses nccl on GPUs
-and gloo on CPUs. Only one head and tail take part in a step, so the model is not wrapped in
-DDP (which would need ``find_unused_parameters`` and its per-step graph walk): after the last
-micro-batch the gradients that exist (body + the step's head and tail, the same set on every
-rank) are averaged with flat bucketed all-reduces, and the other slots keep ``grad=None`` so
-Adam leaves them alone.
+Multi-process set-up and the gradient averaging are :mod:`ipt_train.distributed`'s, the log and
+progress bar :mod:`ipt_train.runlog`'s; the entry points are :mod:`ipt_train.pretrain` and
+:mod:`ipt_train.finetune`, which build a :class:`Job` (model, task mix, data) and hand it here.
 
 Data comes in segments that end at checkpoints: the streams of segment [a, b) are seeded from
 (seed, a), so a run resumed from the checkpoint at step a reads exactly what the uninterrupted
@@ -21,30 +18,32 @@ run read, and continues with exactly the saved parameters and optimizer state.
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ipt_data.errors import UserError
-from ipt_data.progress import progress_bar
-from ipt_data.tasks import TASKS, parse_tasks
 from ipt_train.checkpoint import PLAIN_NUM_HEADS, export_official
-from ipt_train.configs import LoaderConfig, PretrainConfig, TrainConfig
-from ipt_train.data import PretrainStream, ShardSet, check_unit, make_loader
+from ipt_train.configs import LoaderConfig, TrainConfig
+from ipt_train.data import PretrainStream, check_unit, make_loader
+from ipt_train.distributed import (
+    DistEnv,
+    average_across_ranks,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    peak_memory,
+)
 from ipt_train.losses import pretrain_loss
-from ipt_train.model import IPT, preset_config
-from ipt_train.restore import pick_device
-from ipt_train.schedule import TaskMix, parse_task_weights
+from ipt_train.model import IPT
+from ipt_train.runlog import RunLog
+from ipt_train.schedule import TaskMix
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 ADAM_IMPLEMENTATIONS = {
@@ -53,25 +52,6 @@ ADAM_IMPLEMENTATIONS = {
     "fused": {"foreach": None, "fused": True},
 }
 TRAINING_ADAM = "fused"  # the implementation ipt-train pretrain / finetune run (see make_optimizer)
-BUCKET_ELEMENTS = 1 << 24  # gradients reduced per all-reduce call (64 MB of float32)
-LOG_FIELDS = (
-    "step",
-    "task",
-    "loss",
-    "l1",
-    "supcon",
-    "lr",
-    "samples_per_s",
-    "data_wait",
-    "seconds",
-)  # data_wait: the fraction of the step spent waiting for the loader
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world: int
-    device: torch.device
 
 
 @dataclass
@@ -106,45 +86,8 @@ class TrainResult:
         wait = self.data_wait_seconds / self.train_seconds if self.train_seconds else 0.0
         return (
             f"step {self.step}: loss {self.last_loss:.4f}; {done} steps at {rate:.1f} samples/s, "
-            f"{100 * wait:.1f}% of step time waiting for data, peak memory {_peak_memory()}"
+            f"{100 * wait:.1f}% of step time waiting for data, peak memory {peak_memory()}"
         )
-
-
-def _peak_memory() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU)"
-    import resource
-
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
-
-
-@contextmanager
-def distributed(device: str) -> Iterable[DistEnv]:
-    """The process group of a ``torchrun`` launch (none for a single process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    env = DistEnv(rank, world, pick_device(process_device(device, local)))
-    if env.device.type == "cuda":
-        torch.cuda.set_device(env.device)
-        # fp32 matmuls (SupCon's similarities, which run outside bf16 autocast) on TF32 tensor
-        # cores: ~10 bits of mantissa is plenty for softmax logits of magnitude <= 1/τ.
-        torch.set_float32_matmul_precision("high")
-    if world > 1:
-        dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo")
-    try:
-        yield env
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-
-
-def process_device(device: str, local_rank: int) -> str:
-    """The device of the process with ``local_rank``: auto is ``cuda:LOCAL_RANK`` where torch
-    sees a GPU, else cpu; a bare cuda is ``cuda:LOCAL_RANK`` too (one GPU per process, where
-    torch.cuda.set_device refuses a device without an index)."""
-    if device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return f"cuda:{local_rank}" if device == "cuda" else device
 
 
 def accumulation(config: TrainConfig, micro_batch: int, world: int) -> int:
@@ -184,7 +127,7 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
                 log.step(losses, config.batch)
             if env.rank == 0:
                 save_train_state(out / STATE_NAME, job.model, optimizer, segment.stop, run)
-            _barrier(env)
+            barrier(env)
     finally:
         log.close()
     return result
@@ -211,7 +154,7 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     if not config.resume:
         if path.exists():
             raise UserError(f"{path} exists: pass --resume to continue that run, or another --out")
-        _broadcast_parameters(job.model, env)
+        broadcast_parameters(job.model, env)
         return 0
     if not path.is_file():
         raise UserError(f"--resume: {path} does not exist")
@@ -286,9 +229,9 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
         total, l1, contrastive = pretrain_loss(output, y, feats, config.supcon_weight, across)
         (total / accum).backward()
         sums += torch.stack([total.detach(), l1, contrastive]).double().cpu()
-    _average_gradients(job.model, env)
+    average_gradients(job.model, env)
     optimizer.step()
-    sums = _average_across_ranks(sums / accum, env)
+    sums = average_across_ranks(sums / accum, env)
     return {
         "data_wait_s": waited,
         "step": step,
@@ -300,149 +243,9 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
     }
 
 
-def _average_gradients(model: torch.nn.Module, env: DistEnv) -> None:
-    """Mean of the existing gradients over ranks, in flat buckets of BUCKET_ELEMENTS."""
-    if env.world == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    for grad in [*grads, None]:
-        if bucket and (grad is None or sum(g.numel() for g in bucket) >= BUCKET_ELEMENTS):
-            flat = _flatten_dense_tensors(bucket)
-            dist.all_reduce(flat)
-            flat /= env.world
-            for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
-                g.copy_(reduced)
-            bucket = []
-        if grad is not None:
-            bucket.append(grad)
-
-
-def _average_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    if env.world == 1:
-        return values
-    values = values.to(env.device)
-    dist.all_reduce(values)
-    return values.cpu() / env.world
-
-
-def _broadcast_parameters(model: torch.nn.Module, env: DistEnv) -> None:
-    if env.world > 1:
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-
-
-def _barrier(env: DistEnv) -> None:
-    if env.world > 1:
-        dist.barrier()
-
-
-class RunLog:
-    """Rank 0's record of a run: ``log.csv`` (one row per step), TensorBoard scalars under
-    ``tb/``, and a progress bar in samples with samples/s, ETA and each task's recent loss.
-    The files are opened at the first step done: a run that fails before (a corrupt shard, a
-    folder of images too small) leaves no run folder behind."""
-
-    def __init__(self, out: Path, config: TrainConfig, start: int, enabled: bool) -> None:
-        self.enabled, self.recent = enabled, {}
-        self.out, self.start, self.tensorboard = out, start, config.tensorboard
-        self.csv_file = self.board = None
-        if not enabled:
-            return
-        self.bar = progress_bar(
-            total=config.steps * config.batch,
-            initial=start * config.batch,
-            unit="sample",
-            unit_scale=True,
-            enabled=config.progress,
-            dynamic_ncols=True,
-        )
-        self.clock, self.first = time.perf_counter(), time.perf_counter()
-
-    def step(self, losses: dict, samples: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        seconds, self.clock = max(now - self.clock, 1e-9), now
-        row = {k: v for k, v in losses.items() if k != "data_wait_s"}
-        row["samples_per_s"] = round(samples / seconds, 2)
-        row["data_wait"] = round(min(losses["data_wait_s"] / seconds, 1.0), 4)
-        row["seconds"] = round(now - self.first, 3)
-        if self.csv_file is None:
-            self._open()
-        self.rows.writerow(row)
-        self.csv_file.flush()
-        task, step = losses["task"], losses["step"]
-        if self.board:
-            for key in ("loss", "l1", "supcon"):
-                self.board.add_scalar(f"{key}/{task}", losses[key], step)
-            self.board.add_scalar("lr", losses["lr"], step)
-        self.recent[task] = losses["loss"]
-        self.bar.set_postfix({name: f"{v:.3g}" for name, v in sorted(self.recent.items())})
-        self.bar.update(samples)
-
-    def _open(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.csv_file = _open_csv(self.out / "log.csv", self.start)
-        self.rows = csv.DictWriter(self.csv_file, LOG_FIELDS)
-        self.board = _summary_writer(self.out / "tb") if self.tensorboard else None
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-        if self.csv_file:
-            self.csv_file.close()
-        if self.board:
-            self.board.close()
-
-
-def _open_csv(path: Path, start: int):
-    """``log.csv`` opened for appending, without rows of steps >= ``start`` (a resumed run
-    redoes those steps after a kill)."""
-    kept = []
-    if path.is_file():
-        with path.open(newline="") as old:
-            kept = [row for row in csv.DictReader(old) if int(row["step"]) < start]
-    handle = path.open("w", newline="")
-    writer = csv.DictWriter(handle, LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(kept)
-    return handle
-
-
-def _summary_writer(folder: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(folder))
-
-
 def run_identity(**settings) -> dict:
     """Settings as plain JSON-able values (tuples become lists) for the checkpoint."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
-    """Multi-task pretraining of a 6-task IPT from a shard set; writes ``OUT/checkpoint.pt``
-    (resumable) and ``OUT/model.pt`` (official layout) at the end."""
-    model_config = preset_config(setup.preset)
-    tasks = parse_tasks(setup.tasks)
-    mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
-    shard_set = ShardSet.open(setup.shards)
-    for task in mix.tasks:
-        shard_set.check(task)  # before anything is written
-    identity = run_identity(
-        preset=setup.preset,
-        tasks=[task.name for task in mix.tasks],
-        weights=mix.weights,
-        data=shard_set.fingerprint(mix.tasks),
-        micro_batch=setup.loader.micro_batch,
-    )
-    with distributed(config.device) as env:
-        torch.manual_seed(config.seed)
-        model = IPT(model_config).to(env.device)
-        slot = lambda name: TASKS[name].index  # noqa: E731
-        job = stream_job(model, mix, slot, shard_set, setup.loader, config.seed, env, identity)
-        return train_and_export(config, job, env)
 
 
 def stream_job(

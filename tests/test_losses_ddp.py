@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 RANK_SCRIPT = """
 import sys, torch
 from ipt_train.losses import supcon_loss
-from ipt_train.train import _average_gradients, distributed
+from ipt_train.distributed import average_gradients, distributed
 
 if __name__ == "__main__":
     data = torch.load(sys.argv[1] + "/data.pt")
@@ -33,7 +33,7 @@ if __name__ == "__main__":
             feats.retain_grad()
             loss = supcon_loss(feats, chunk_rows=chunk_rows, across_ranks=True)
             loss.backward()
-            _average_gradients(layer, env)  # as the trainer does: mean over ranks
+            average_gradients(layer, env)  # as the trainer does: mean over ranks
             results.append((loss.detach(), feats.grad, layer.weight.grad))
         torch.save(results, f"{sys.argv[1]}/rank{env.rank}.pt")
 """
@@ -88,7 +88,7 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(ranks_and_data, c
         torch.testing.assert_close(
             ranks[r][chunk][1] / WORLD, feats_grad[rows], rtol=1e-5, atol=1e-7
         )
-        # the layer's gradient after _average_gradients, on every rank
+        # the layer's gradient after average_gradients, on every rank
         torch.testing.assert_close(ranks[r][chunk][2], weight_grad, rtol=1e-5, atol=1e-7)
 
 

@@ -30,7 +30,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 DDP_SCRIPT = """
 import json, os, sys, torch
 from ipt_train.configs import LoaderConfig, PretrainConfig, TrainConfig
-from ipt_train.train import pretrain
+from ipt_train.pretrain import pretrain
 
 # The guard matters: loader workers start from a forkserver, which imports this module again.
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""Which device each training process takes (``ipt-train pretrain/finetune --device``)."""
+"""Which device a training process takes, and how many CPU threads (--device, --threads)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from ipt_data.errors import UserError
-from ipt_train.train import distributed, process_device
+from ipt_train.distributed import distributed, process_device, thread_budget
 
 
 def test_cuda_means_the_gpu_of_the_local_rank():
@@ -25,3 +27,25 @@ def test_cuda_without_a_gpu_is_a_user_error(monkeypatch):
         pass
     with distributed("auto") as env:  # auto falls back to the CPU, by design
         assert env.device == torch.device("cpu") and env.world == 1
+
+
+def test_thread_budget_leaves_a_core_per_loader_worker(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert thread_budget(0, 0) == cores
+    assert thread_budget(0, 1) == max(1, cores - 1)
+    assert thread_budget(0, cores + 5) == 1  # never none
+    assert thread_budget(3, 1) == 3  # asked for: as asked
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # a process per core: one thread each
+    assert thread_budget(0, 0) == 1
+
+
+def test_a_training_process_runs_on_its_budget(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    try:
+        with distributed("cpu", threads=1):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

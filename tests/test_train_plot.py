@@ -17,7 +17,7 @@ from ipt_data.imresize import downscale, upscale
 from ipt_train.checkpoint import save_checkpoint
 from ipt_train.model import IPT, ipt_tiny
 from ipt_train.plot import PANEL_GAP, TITLE_HEIGHT, comparison_grid, plot_losses, read_log, smooth
-from ipt_train.train import LOG_FIELDS
+from ipt_train.runlog import LOG_FIELDS
 
 BIN = Path(sys.executable).parent
 
