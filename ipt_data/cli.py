@@ -72,8 +72,8 @@ def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: b
     """Benchmark on ImageNet-size JPEGs made from the sample photographs (one core)."""
     import json
 
-    from ipt_data.bench import benchmark_corruptions
-    from ipt_data.bench_build import benchmark_build
+    from ipt_data.bench.build import benchmark_build
+    from ipt_data.bench.corruptions import benchmark_corruptions
 
     parts = {
         "corruptions": (corruptions, lambda: benchmark_corruptions(patches)),

@@ -7,6 +7,8 @@ import click
 from ipt_data import __version__
 from ipt_data.clickgroup import UserErrorGroup
 from ipt_train.configs import (
+    AMPS,
+    BenchConfig,
     EvalConfig,
     FinetuneConfig,
     LoaderConfig,
@@ -69,20 +71,20 @@ def restore(ckpt, task_name, inputs, out, device, num_heads, **options):
 
 
 @main.command()
-@click.option("--preset", default="ipt-full", show_default=True, help="ipt-full|tiny.")
-@click.option("--scales", default="2+3+4+1+1+1", show_default=True, help="Task layout, '+'-joined.")
-@click.option("--batch", default=4, show_default=True)
-@click.option("--slot", default=0, show_default=True, help="Task slot the steps run.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--steps", default=5, show_default=True, help="Timed steps (median reported).")
-@click.option("--warmup", default=1, show_default=True)
-@click.option("--amp", default="none", show_default=True, help="none, bf16 or fp16 autocast.")
+@click.option("--preset", default=BenchConfig.preset, show_default=True, help="ipt-full|tiny.")
+@click.option("--scales", default=BenchConfig.scales, show_default=True, help="Task layout.")
+@click.option("--batch", default=BenchConfig.batch, show_default=True)
+@click.option("--slot", default=BenchConfig.slot, show_default=True, help="Task slot timed.")
+@click.option("--device", default=BenchConfig.device, show_default=True)
+@click.option("--steps", default=BenchConfig.steps, show_default=True, help="Timed steps.")
+@click.option("--warmup", default=BenchConfig.warmup, show_default=True)
+@click.option("--amp", default=BenchConfig.amp, show_default=True, help="/".join(AMPS))
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our model.")
 @click.option("--official", type=click.Path(), help="Official IPT checkout (its model/).")
-@click.option("--tiled-size", default=256, show_default=True, help="Tiled image side; 0 skips.")
-@click.option("--tile-batch", default=TileConfig.batch, show_default=True)
-@click.option("--threads", default=0, show_default=True, help="CPU threads (0: torch default).")
-@click.option("--overlap", default=TileConfig.overlap, show_default=True)
+@click.option("--tiled-size", default=BenchConfig.tiled_size, show_default=True, help="0: skip.")
+@click.option("--tile-batch", default=BenchConfig.tile_batch, show_default=True)
+@click.option("--threads", default=BenchConfig.threads, show_default=True, help="0: torch's.")
+@click.option("--overlap", default=BenchConfig.overlap, show_default=True)
 @click.option("--compare-blends", type=click.Path(), help="Benchmark folder (SR: Set5-style).")
 @click.option("--ckpt", type=click.Path(), help="Checkpoint for --compare-blends.")
 @click.option("--task", "task_name", default="sr_x2", show_default=True)
@@ -92,7 +94,7 @@ def bench(**options):
     --compare-blends, each tile blend's scores, seam index and cost on a benchmark folder."""
     import json
 
-    from ipt_train.bench import bench_from_options
+    from ipt_train.bench.model import bench_from_options
 
     as_json = options.pop("as_json")
     figures = bench_from_options(**options, log=lambda line: click.echo(line, err=True))

@@ -10,6 +10,7 @@ functions that run the commands take them. A command's defaults that differ from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ipt_data.errors import UserError
 from ipt_train.schedule import LRSchedule
@@ -106,3 +107,38 @@ class EvalConfig:
     device: str = "cpu"
     noise_seed: int = 0  # seeds the denoising inputs (per image: (seed, index))
     progress: bool = True
+
+
+AMPS = ("none", "bf16", "fp16")  # autocast dtypes ipt-train bench knows
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``ipt-train bench`` times: a preset's model at a task layout, on a device."""
+
+    preset: str = "ipt-full"
+    scales: str = "2+3+4+1+1+1"  # task layout, the official --scale syntax
+    batch: int = 4
+    slot: int = 0  # task slot the steps run
+    device: str = "cpu"
+    steps: int = 5  # timed steps per measurement (median reported)
+    warmup: int = 1
+    amp: str = "none"  # autocast dtype, one of AMPS
+    compile: bool = False  # torch.compile our model
+    official_dir: Path | None = None  # a checkout of the official code, to time it too
+    tiled_size: int = 256  # side of the input image for the tiled-inference figure (0: skip)
+    tile_batch: int = TileConfig.batch
+    overlap: int = TileConfig.overlap
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        """Bad settings are one UserError here, before any model is built or timed."""
+        if self.amp not in AMPS:
+            raise UserError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMPS)}")
+        for name, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("threads", 0)):
+            if getattr(self, name) < least:
+                raise UserError(f"--{name} must be at least {least}, got {getattr(self, name)}")
+        if self.tiled_size < 0:
+            raise UserError(
+                f"--tiled-size must be 0 (skip) or a side in pixels, not {self.tiled_size}"
+            )

@@ -91,6 +91,12 @@ def process_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}" if device == "cuda" else device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (for timing); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_memory() -> str:
     """This process's peak memory: the GPU's allocations, or the process's resident set."""
     if torch.cuda.is_available():

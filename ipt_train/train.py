@@ -135,7 +135,7 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
 
 def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -> torch.optim.Adam:
     """Adam β (0.9, 0.999). Fused (one kernel over all tensors) by default: the fastest on
-    CUDA by PyTorch's documentation, and on CPUs too (``bench.adam_benchmark``; records in
+    CUDA by PyTorch's documentation, and on CPUs too (``ipt_train.bench.adam``; records in
     benchmarks/results/adam_*.md)."""
     return torch.optim.Adam(
         parameters, lr=lr, betas=(0.9, 0.999), **ADAM_IMPLEMENTATIONS[implementation]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ipt_data.tasks import TASKS
-from ipt_train.bench import bench_supcon
+from ipt_train.bench.supcon import bench_supcon
 from ipt_train.losses import pretrain_loss, supcon_loss, supcon_of_anchors
 from ipt_train.schedule import LRSchedule, TaskMix, parse_task_weights
 

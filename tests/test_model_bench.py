@@ -13,15 +13,16 @@ import torch
 from click.testing import CliRunner
 
 from ipt_data.errors import UserError
-from ipt_train.bench import BenchConfig, parse_scales, run_bench
+from ipt_train.bench.model import parse_scales, run_bench
 from ipt_train.checkpoint import save_checkpoint
 from ipt_train.cli import main
+from ipt_train.configs import BenchConfig
 from ipt_train.model import IPT, ipt_tiny
 from ipt_train.tilegrid import BLENDS
 
 
 def test_bench_reports_timings_flops_and_tiled_speed():
-    bench = BenchConfig(model=ipt_tiny(), batch=2, steps=2, warmup=1, tiled_size=64, slot=1)
+    bench = BenchConfig(preset="ipt-tiny", batch=2, steps=2, warmup=1, tiled_size=64, slot=1)
     figures = run_bench(bench)
     assert figures["n_params"] == sum(p.numel() for p in IPT(ipt_tiny()).parameters())
     for key in ("forward_s_per_sample", "train_step_s", "train_step_cpu_s", "tiles_per_s"):
@@ -107,7 +108,7 @@ def test_compare_blends_prints_every_blend_s_figures(refdata, tmp_path):
 )
 def test_bench_against_the_official_code():
     official = Path(os.environ["IPT_OFFICIAL_DIR"])
-    bench = BenchConfig(model=ipt_tiny(), batch=2, steps=1, tiled_size=0, official_dir=official)
+    bench = BenchConfig(preset="ipt-tiny", batch=2, steps=1, tiled_size=0, official_dir=official)
     figures = run_bench(bench)
     assert figures["official_max_abs_diff"] <= 0.05
     assert figures["official_train_step_s"] > 0 and figures["train_step_ratio"] > 0

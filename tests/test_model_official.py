@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipt_train.bench import OfficialIPT
 from ipt_train.checkpoint import build_model, config_from_state_dict
 from ipt_train.model import IPT, IPTConfig, ipt_full, ipt_tiny
 from ipt_train.model.attention import Attention
+from ipt_train.official import OfficialIPT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -14,14 +14,10 @@ synthetic image. On a GPU, the model FLOPs of a training step (counted once by
 
 from __future__ import annotations
 
-import importlib
 import resource
 import statistics
-import sys
 import time
-import types
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,12 +26,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ipt_data.errors import UserError
 from ipt_data.tasks import Task, get_task
-from ipt_train.distributed import pick_device
-from ipt_train.losses import pretrain_loss, supcon_of_anchors
+from ipt_train.configs import BenchConfig
+from ipt_train.distributed import pick_device, synchronize
 from ipt_train.model import IPT, IPTConfig, preset_config
+from ipt_train.official import OfficialIPT
 from ipt_train.tilegrid import TileConfig, tile_count
 from ipt_train.tiling import restore_tiled
-from ipt_train.train import ADAM_IMPLEMENTATIONS, TRAINING_ADAM, make_optimizer
+from ipt_train.train import TRAINING_ADAM, make_optimizer
 
 # Dense peak TFLOPS (bf16/fp16 tensor cores, and fp32 without TF32) by device-name fragment.
 PEAK_TFLOPS = {
@@ -44,80 +41,7 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.0, "fp32": 67.0},
     "A100": {"bf16": 312.0, "fp32": 19.5},
 }
-
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    model: IPTConfig
-    batch: int = 4
-    slot: int = 0  # task slot the steps run
-    device: str = "cpu"
-    steps: int = 5  # timed steps per measurement (median reported)
-    warmup: int = 1
-    amp: str = "none"  # "none", "bf16" or "fp16": autocast dtype
-    compile: bool = False  # torch.compile our model
-    official_dir: Path | None = None
-    tiled_size: int = 256  # side of the input image for the tiled-inference figure (0: skip)
-    tile_batch: int = 64
-    overlap: int = 24
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def __post_init__(self) -> None:
-        """Bad settings are one UserError here, before any model is built or timed."""
-        if self.amp not in AMP_DTYPES:
-            raise UserError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
-        for name, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("threads", 0)):
-            if getattr(self, name) < least:
-                raise UserError(f"--{name} must be at least {least}, got {getattr(self, name)}")
-        if self.tiled_size < 0:
-            raise UserError(
-                f"--tiled-size must be 0 (skip) or a side in pixels, not {self.tiled_size}"
-            )
-        if not 0 <= self.slot < self.model.n_tasks:
-            raise UserError(f"--slot {self.slot} out of range for scales {self.model.scales}")
-        self.tiles()  # checks overlap and tile batch
-
-    def tiles(self) -> TileConfig:
-        return TileConfig(tile=self.model.patch_size, overlap=self.overlap, batch=self.tile_batch)
-
-
-class OfficialIPT(torch.nn.Module):
-    """The official ``model/ipt.py`` from a user's checkout, behind our call signature."""
-
-    def __init__(self, official_dir: Path, cfg: IPTConfig) -> None:
-        super().__init__()
-        module = _import_official(official_dir)
-        args = types.SimpleNamespace(
-            n_feats=cfg.n_feats, scale=list(cfg.scales), patch_size=cfg.patch_size,
-            patch_dim=cfg.patch_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-            num_queries=cfg.n_tasks, dropout_rate=0.0, no_mlp=False, pos_every=False,
-            no_pos=False, no_norm=False, rgb_range=int(cfg.rgb_range), n_colors=cfg.n_colors,
-        )  # fmt: skip
-        self.inner = module.ipt(args)
-
-    def forward(self, x: torch.Tensor, slot: int) -> torch.Tensor:
-        self.inner.set_scale(slot)
-        return self.inner(x)
-
-
-def _import_official(official_dir: Path):
-    if not (Path(official_dir) / "model" / "ipt.py").is_file():
-        raise UserError(f"{official_dir}: no model/ipt.py here; point --official at a checkout")
-    sys.path.insert(0, str(Path(official_dir).resolve()))
-    try:
-        return importlib.import_module("model.ipt")
-    except ImportError as error:
-        raise UserError(f"cannot import the official model from {official_dir}: {error}") from None
-    finally:
-        sys.path.pop(0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # configs.AMPS
 
 
 class Runner:
@@ -159,10 +83,10 @@ class Runner:
         step = self.forward if kind == "forward" else self.train_step
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        _sync(self.device)
+        synchronize(self.device)
         start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        _sync(self.device)
+        synchronize(self.device)
         if record:
             self.times[kind].append(time.perf_counter() - start)
             if kind == "train":
@@ -221,17 +145,20 @@ def figures(prefix: str, runner: Runner, batch: int) -> dict:
     return out
 
 
-def bench_tiled(model: torch.nn.Module, bench: BenchConfig, device: torch.device) -> dict:
+def bench_tiled(
+    model: torch.nn.Module, cfg: IPTConfig, bench: BenchConfig, device: torch.device
+) -> dict:
     """Tiles/s and ms per input megapixel of tiled inference on a random image."""
-    scale, tiles = bench.model.scales[bench.slot], bench.tiles()
+    scale = cfg.scales[bench.slot]
+    tiles = TileConfig(tile=cfg.patch_size, overlap=bench.overlap, batch=bench.tile_batch)
     image = torch.rand(3, bench.tiled_size, bench.tiled_size, device=device) * 255
     count = tile_count(tiles, bench.tiled_size, bench.tiled_size)
     model.eval()
     restore_tiled(model, image[:, : tiles.tile, : tiles.tile], bench.slot, scale, tiles)  # warm
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     restore_tiled(model, image, bench.slot, scale, tiles)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {
         "tiled_image": f"{bench.tiled_size}x{bench.tiled_size}",
@@ -261,7 +188,7 @@ def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -
     if bench.threads:
         torch.set_num_threads(bench.threads)
     torch.manual_seed(0)
-    cfg = bench.model
+    cfg = model_config(bench)
     ours = IPT(cfg).to(device)
     scale = cfg.scales[bench.slot]
     x = torch.rand(bench.batch, 3, cfg.patch_size, cfg.patch_size, device=device) * 255
@@ -296,7 +223,7 @@ def run_bench(bench: BenchConfig, log: Callable[[str], None] = lambda _: None) -
     result.update(_flops_figures(ours, bench, x, target, result["train_step_s"], device))
     if bench.tiled_size:
         log(f"timing tiled inference on a {bench.tiled_size}^2 image")
-        result.update(bench_tiled(ours, bench, device))
+        result.update(bench_tiled(ours, cfg, bench, device))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -325,42 +252,16 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def bench_supcon(images: int, ranks: int, device: str = "cpu", steps: int = 3) -> dict:
-    """Seconds and TFLOP/s of SupCon's forward + backward for one rank's ``images`` x 256 body
-    tokens (width 576, ipt-full's) against the tokens of ``ranks`` such ranks (random unit
-    vectors; no process group: the keys stand for the gathered ones). fp32 matmuls at full
-    precision, and on a GPU also with TF32 ("high"), as training runs them."""
-    dev, tokens, width = torch.device(device), 256, 576
-    torch.manual_seed(0)
-    keys = F.normalize(torch.randn(ranks * images * tokens, width, device=dev), dim=1)
-    anchors = keys[: images * tokens].clone().requires_grad_()
-    keys.requires_grad_()
-    flop = 4 * 2 * anchors.shape[0] * keys.shape[0] * width
-    result = {"supcon_images": images, "supcon_ranks": ranks, "supcon_tflop": flop / 1e12}
-    for precision in ("highest", "high") if dev.type == "cuda" else ("highest",):
-        seconds = _time_supcon(anchors, keys, tokens, precision, steps)
-        result[f"supcon_step_s_{precision}"] = seconds
-        result[f"supcon_tflops_per_s_{precision}"] = flop / seconds / 1e12
-    if dev.type == "cuda":
-        result["supcon_peak_cuda_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    return result
-
-
-def _time_supcon(anchors, keys, tokens: int, precision: str, steps: int) -> float:
-    """Median seconds of SupCon forward + backward (after one warm-up) at a matmul precision."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
+def model_config(bench: BenchConfig) -> IPTConfig:
+    """The model ``bench`` times; a bad preset, scales or slot is a UserError."""
     try:
-        times = []
-        for _ in range(steps + 1):
-            _sync(keys.device)
-            start = time.perf_counter()
-            supcon_of_anchors(anchors, keys, 0, tokens).backward()
-            _sync(keys.device)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times[1:])
-    finally:
-        torch.set_float32_matmul_precision(previous)
+        cfg = preset_config(bench.preset, scales=parse_scales(bench.scales))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not 0 <= bench.slot < cfg.n_tasks:
+        raise UserError(f"--slot {bench.slot} out of range for scales {cfg.scales}")
+    TileConfig(tile=cfg.patch_size, overlap=bench.overlap, batch=bench.tile_batch)  # checks them
+    return cfg
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -374,8 +275,6 @@ def parse_scales(text: str) -> tuple[int, ...]:
 
 
 def bench_from_options(
-    preset: str,
-    scales: str,
     compare_blends: str | None,
     ckpt: str | None,
     task_name: str,
@@ -387,16 +286,9 @@ def bench_from_options(
     task = get_task(task_name)
     if compare_blends:
         return _blend_figures(compare_blends, ckpt, task, timing)
-    try:
-        cfg = preset_config(preset, scales=parse_scales(scales))
-    except ValueError as error:
-        raise UserError(str(error)) from None
     official = timing.pop("official")
     bench = BenchConfig(
-        model=cfg,
-        official_dir=Path(official) if official else None,
-        compile=timing.pop("compile_"),
-        **timing,
+        official_dir=Path(official) if official else None, compile=timing.pop("compile_"), **timing
     )
     return run_bench(bench, log)
 
@@ -412,33 +304,4 @@ def _blend_figures(folder: str, ckpt: str | None, task: Task, timing: dict) -> d
     scores = compare_blends(ckpt, task.name, folder, tiles, timing["device"])
     return {
         f"{blend}_{name}": value for blend, row in scores.items() for name, value in row.items()
-    }
-
-
-def adam_benchmark(preset: str = "ipt-tiny", batch: int = 4, rounds: int = 9) -> dict:
-    """Median milliseconds of ``optimizer.step()`` and of the whole training step (forward, L1 +
-    SupCon, backward, step; sr_x2 slot, random data) per Adam implementation, on the CPU, the
-    implementations taking turns each round so that load from elsewhere hits them alike."""
-    torch.manual_seed(0)
-    model = IPT(preset_config(preset))
-    x, y = torch.rand(batch, 3, 48, 48) * 255, torch.rand(batch, 3, 96, 96) * 255
-    optimizers = {
-        name: make_optimizer(model.parameters(), 1e-9, name) for name in ADAM_IMPLEMENTATIONS
-    }
-    times: dict[str, list] = {name: [] for name in optimizers}
-    for round_ in range(rounds + 1):  # round 0 creates the optimizer states, untimed
-        for name, optimizer in optimizers.items():
-            start = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            output, feats = model(x, 0, return_features=True)
-            pretrain_loss(output, y, feats)[0].backward()
-            middle = time.perf_counter()
-            optimizer.step()
-            end = time.perf_counter()
-            if round_:
-                times[name].append((end - middle, end - start))
-    return {
-        f"{name} {part} ms": round(1000 * statistics.median(t[i] for t in spans), 1)
-        for name, spans in times.items()
-        for i, part in enumerate(("optimizer.step", "whole step"))
     }

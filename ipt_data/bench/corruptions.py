@@ -12,29 +12,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
-import cv2
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from ipt_data.bench import one_core
 from ipt_data.decode import decode_image
 from ipt_data.patches import cut_pairs
 from ipt_data.sample import imagenet_like_jpegs
 from ipt_data.shardwriter import encode_png
 from ipt_data.tasks import TASKS
-
-
-@contextmanager
-def one_core():
-    """Limit OpenCV and the BLAS/OpenMP pools to one thread, so figures are per core."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def _median_ms(function: Callable[[], object], repeats: int) -> float:
