@@ -20,7 +20,15 @@ from pathlib import Path
 
 from ipt_data.distributor import RayConfig, ray_session, run_chunks
 from ipt_data.errors import UserError
-from ipt_data.manifest import MANIFEST_NAME, build_identity, differences, dumps, make_manifest
+from ipt_data.layout import (
+    MANIFEST_NAME,
+    PARAMS_NAME,
+    STATE_FOLDER,
+    ChunkStats,
+    shard_name,
+    stats_name,
+)
+from ipt_data.manifest import build_identity, differences, dump_json, images_line, make_manifest
 from ipt_data.remote import (
     SetLocation,
     check_writable,
@@ -37,9 +45,7 @@ from ipt_data.remote import (
 )
 from ipt_data.sources import SourceList
 from ipt_data.tasks import TASKS, Task
-from ipt_data.worker import STATE_FOLDER, ChunkJob, ChunkStats, shard_name, stats_name
-
-PARAMS_NAME = f"{STATE_FOLDER}/params.json"
+from ipt_data.worker import ChunkJob
 
 # Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (record in
 # benchmarks/results/build_xeon2c_2026-11-27.md):
@@ -124,7 +130,7 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
         for folder in ("", STATE_FOLDER, *(task.name for task in config.tasks)):
             remove_partials(location, folder)
         manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
-        write_bytes(location, MANIFEST_NAME, dumps(manifest))
+        write_bytes(location, MANIFEST_NAME, dump_json(manifest))
     return BuildResult(
         manifest=manifest,
         manifest_path=location.describe(MANIFEST_NAME),
@@ -159,7 +165,7 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
     with other parameters or from other sources, rather than mixing two sets. With
     ``check_only`` nothing is written.
     """
-    identity = json.loads(dumps(identity))  # as it reads back: tuples become lists
+    identity = json.loads(dump_json(identity))  # as it reads back: tuples become lists
     if file_size(location, PARAMS_NAME) is not None:
         earlier = _load_json(location, PARAMS_NAME)
         if earlier != identity:
@@ -175,7 +181,7 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
             "choose another --out"
         )
     if not check_only:
-        write_bytes(location, PARAMS_NAME, dumps(identity))
+        write_bytes(location, PARAMS_NAME, dump_json(identity))
     return False
 
 
@@ -231,12 +237,10 @@ def check_every_task_has_samples(manifest: dict) -> None:
 def summary_lines(result: BuildResult) -> list[str]:
     """What a finished build says: work done now, images skipped, per-task samples and bytes."""
     manifest = result.manifest
-    images = manifest["images"]
-    skipped = ", ".join(f"{reason} {count}" for reason, count in images["skipped"].items())
     lines = [
         f"built {result.chunks_run} of {result.chunks_total} chunks now "
         f"({result.chunks_total - result.chunks_run} were done before) in {result.seconds:.1f} s",
-        f"images: {images['decoded']} of {images['listed']} decoded; skipped: {skipped or 'none'}",
+        images_line(manifest),
     ]
     for name, task in manifest["tasks"].items():
         lines.append(

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ipt_data.errors import UserError
+from ipt_data.layout import ChunkStats
 from ipt_data.progress import progress_bar
-from ipt_data.worker import ChunkJob, ChunkStats, process_chunk
+from ipt_data.worker import ChunkJob, process_chunk
 
 # The object store only carries small stats back; Ray's default (30% of RAM) would be wasted.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20

@@ -1,10 +1,11 @@
 """Small file helpers shared by the commands: reading inputs with clear errors, atomic writes.
 
-One atomic-write mechanism serves local files and shard sets on any fsspec filesystem: write to
-a fresh temporary name beside the final one, then rename it into place (locally; elsewhere a
-move, which for an object store is a copy of the complete upload), or delete it on failure. A
-file appears under its final name complete or not at all; the temporary names end in
-:data:`PARTIAL_SUFFIX`, so leftovers of killed writers can be found and removed.
+One whole-file read (:func:`read_whole`) and one atomic-write mechanism serve local files and
+shard sets on any fsspec filesystem. A write goes to a fresh temporary name beside the final one,
+then is renamed into place (locally; elsewhere a move, which for an object store is a copy of the
+complete upload), or deleted on failure. A file appears under its final name complete or not at
+all; the temporary names end in :data:`ipt_data.layout.PARTIAL_SUFFIX`, so leftovers of killed
+writers can be found and removed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -22,20 +23,36 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
-
-PARTIAL_SUFFIX = ".part"
+from ipt_data.layout import partial_name
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """The bytes of an input file; a missing or unreadable file is a :class:`UserError`."""
+    """The bytes of a local input file; a missing or unreadable file is a :class:`UserError`."""
+    return read_whole(LocalFileSystem(), Path(path).absolute().as_posix(), str(path))
+
+
+def _strerror(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def read_whole(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    shown: str,
+    missing: str = "no such file",
+    explain: Callable[[OSError], str] = _strerror,
+) -> bytes:
+    """The whole file ``path`` on ``fs``. A missing file (``<shown>: <missing>``), a folder, or
+    a file that cannot be read (``<shown>: cannot read (<explain(error)>)``) is a
+    :class:`UserError` naming ``shown``."""
     try:
-        return Path(path).read_bytes()
+        return fs.cat_file(path)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        raise UserError(f"{shown}: {missing}") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a file") from None
+        raise UserError(f"{shown}: is a folder, expected a file") from None
     except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+        raise UserError(f"{shown}: cannot read ({explain(error)})") from None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -63,10 +80,9 @@ def open_partial(fs: fsspec.AbstractFileSystem, final: str) -> tuple[IO[bytes], 
     """A writable stream to a fresh temporary name beside ``final`` (a full path on ``fs``; its
     folder is created where ``fs`` has folders), and that name. Publish it with
     :func:`publish_partial` or drop it with :func:`discard_partial`."""
-    folder, _, name = final.rpartition("/")
-    partial = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    partial = partial_name(final)
     if isinstance(fs, LocalFileSystem):
-        fs.makedirs(folder, exist_ok=True)
+        fs.makedirs(final.rpartition("/")[0], exist_ok=True)
     return fs.open(partial, "wb"), partial
 
 

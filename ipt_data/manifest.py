@@ -8,6 +8,9 @@ build gives the same manifest bytes.
 The identity is also written to ``_build/params.json`` when a build starts
 (:func:`ipt_data.build.claim_output`): a rerun into the same place resumes only when its
 identity is the same, and refuses otherwise.
+
+Every reader of a set, local or remote, gets its manifest from :func:`read_set_manifest`, which
+refuses (:func:`validate_manifest`) anything that is not a well-formed, safe manifest.
 """
 
 from __future__ import annotations
@@ -15,20 +18,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ipt_data import __version__
 from ipt_data.errors import UserError
+from ipt_data.layout import MANIFEST_NAME, ChunkStats
+from ipt_data.remote import SetLocation, read_bytes
 from ipt_data.safety import check_manifest_entries
+from ipt_data.sources import SourceList
 from ipt_data.tasks import INPUT_SIZE, Task
-
-if TYPE_CHECKING:  # the worker writes through ipt_data.remote, which reads manifests
-    from ipt_data.sources import SourceList
-    from ipt_data.worker import ChunkStats
 
 FORMAT = "ipt-data shard set"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 SHARD_FIELDS = {"path": str, "samples": int, "bytes": int, "sha256": str}
 
 
@@ -128,6 +128,20 @@ def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
+    """The checked manifest of the set at ``location`` (:func:`validate_manifest`) and its exact
+    bytes; a missing, unreadable, non-JSON or malformed one is one UserError."""
+    where = location.describe(MANIFEST_NAME)
+    missing = "no manifest (is this an ipt-data shard set? is its build finished?)"
+    data = read_bytes(location, MANIFEST_NAME, missing)
+    try:
+        manifest = json.loads(data)
+    except ValueError as error:
+        raise UserError(f"{where}: bad manifest: not JSON ({error})") from None
+    validate_manifest(manifest, where)
+    return manifest, data
+
+
 def validate_manifest(manifest: object, where: str) -> None:
     """Refuse (:class:`UserError` naming ``where``) a manifest that is not a well-formed
     manifest of this format (each of :data:`REQUIRED_FIELDS`, :data:`TASK_FIELDS` and
@@ -206,6 +220,15 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def dumps(value: dict) -> bytes:
-    """The manifest's (and build state's) JSON bytes."""
-    return (json.dumps(value, indent=1, sort_keys=False) + "\n").encode()
+def dump_json(value: dict) -> bytes:
+    """The JSON bytes of a manifest, of a build's identity (``_build/params.json``) and of a
+    transfer's marker (``_transfer/source.json``): keys in their given order, one-space indent."""
+    return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def images_line(manifest: dict) -> str:
+    """The manifest's image counts in one line, as ``build`` and ``info`` print them."""
+    images = manifest["images"]
+    skipped = ", ".join(f"{reason} {count}" for reason, count in images["skipped"].items())
+    decoded = f"{images['decoded']} of {images['listed']} decoded"
+    return f"images: {decoded}; skipped: {skipped or 'none'}"

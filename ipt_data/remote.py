@@ -8,6 +8,9 @@ absolute paths, other hosts). Object stores get credentials and endpoints the us
 their fsspec backend (for S3: ``AWS_*`` variables such as ``AWS_ENDPOINT_URL``), or
 ``storage_options``.
 
+Shards are read as samples through one function, :func:`read_shard`, which checks each shard's
+size and sha256 against its manifest entry as it streams (docs/sharing.md).
+
 Writes are atomic per file (:mod:`ipt_data.fileio`'s one mechanism): a file appears under its
 final name complete or not at all. Locally that is a temporary name and a rename; elsewhere a
 temporary key and a move (object stores make an upload visible only once it is complete, and a
@@ -16,35 +19,38 @@ move of a complete object is a copy of it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ipt_data.errors import UserError
 from ipt_data.fileio import (
-    PARTIAL_SUFFIX,
     discard_partial,
     file_in_the_way,
     open_partial,
     publish_partial,
+    read_whole,
     write_whole,
 )
-from ipt_data.manifest import MANIFEST_NAME, validate_manifest
+from ipt_data.layout import MANIFEST_NAME, PARTIAL_SUFFIX
 from ipt_data.safety import read_samples, safe_relative_path
 
 _BLOCK = 1 << 20
 READS_AT_ONCE = 16  # small files read together by read_many: requests, not bandwidth, bound them
+RETRIES = 3  # attempts at a shard whose storage fails (see retried)
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,11 @@ def storage_errors(where: str) -> Iterator[None]:
         raise UserError(f"{where}: {type(error).__name__}: {error}") from None
 
 
-def read_bytes(location: SetLocation, relative: str) -> bytes:
-    """The whole file ``relative`` of the set; a missing or unreachable one is a UserError."""
-    try:
-        return location.fs.cat_file(location.path(relative))
-    except FileNotFoundError:
-        raise UserError(f"{location.describe(relative)}: not found") from None
-    except OSError as error:
-        raise UserError(f"{location.describe(relative)}: cannot read ({describe(error)})") from None
+def read_bytes(location: SetLocation, relative: str, missing: str = "not found") -> bytes:
+    """The whole file ``relative`` of the set (:func:`ipt_data.fileio.read_whole`); a missing
+    (``<url>/<relative>: <missing>``) or unreachable one is a UserError."""
+    path, shown = location.path(relative), location.describe(relative)
+    return read_whole(location.fs, path, shown, missing, describe)
 
 
 def read_many(location: SetLocation, relatives: list[str]) -> list[bytes]:
@@ -185,7 +188,7 @@ def _http_options(url: str) -> dict:
 
 
 class CopyStopped(Exception):
-    """A :class:`CheckedStream` whose ``stop`` event was set (the user interrupted the copy)."""
+    """A shard read whose ``stop`` event was set (the user interrupted the copy)."""
 
 
 class CheckedStream:
@@ -204,7 +207,7 @@ class CheckedStream:
         self,
         incoming: IO[bytes],
         name: str,
-        expected: int | None,
+        expected: int,
         copy_to: IO[bytes] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
@@ -229,8 +232,8 @@ class CheckedStream:
         block = self._incoming.read(_BLOCK)
         self.size += len(block)
         self._ended = not block
-        short = self._ended and self._expected is not None and self.size < self._expected
-        if short or (self._expected is not None and self.size > self._expected):
+        short = self._ended and self.size < self._expected
+        if short or self.size > self._expected:
             raise UserError(
                 f"{self._name}: {'only' if short else 'more than'} {self.size} bytes, "
                 f"manifest says {self._expected}; refused"
@@ -250,36 +253,64 @@ class CheckedStream:
             raise UserError(f"{self._name}: sha256 differs from the manifest; refused")
 
 
-def shard_sources(location: SetLocation, manifest: dict, task: str) -> list[dict]:
-    """``{"url", "bytes", "sha256"}`` of each shard of ``task``: a loader's shard list, for
-    :func:`read_shards` (URLs include the scheme, e.g. ``s3://…``, ``file://…``)."""
-    return [
-        {
-            "url": location.fs.unstrip_protocol(location.path(shard["path"])),
-            "bytes": shard["bytes"],
-            "sha256": shard["sha256"],
-        }
-        for shard in manifest["tasks"][task]["shards"]
-    ]
+def read_shard(
+    location: SetLocation,
+    shard: dict,
+    copy_to: IO[bytes] | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[dict]:
+    """The raw samples of one shard of the set at ``location``, ``shard`` being its manifest
+    entry (``path``, ``bytes``, ``sha256``, ``samples``): the one way shards are read as
+    samples (the training loader, ``verify``, ``push`` and ``pull``). Each sample is
+    ``{"__key__", "__url__", "input.png", "target.png", "json"}`` with undecoded bytes, as
+    webdataset stages expect; ``__url__`` is the shard's URL or path.
 
+    The shard is streamed once, front to back (never fetched whole first), through the member
+    and PNG-header gates of :func:`ipt_data.safety.read_samples`, and checked against its entry
+    as it streams: reading stops as soon as more bytes arrive than ``bytes``, and a shard that
+    ends short, hashes other than ``sha256`` or holds another number of samples is refused at
+    its end. Every refusal is a :class:`UserError` naming the shard. The sha256 is known only
+    at the end, after the shard's samples were yielded: a consumer must not keep anything of a
+    shard for good before the stream has ended (a copy publishes the shard only then).
 
-def read_shards(sources: Iterable[dict]) -> Iterator[dict]:
-    """A webdataset stage: shard sources (``{"url"}``, optionally ``bytes`` and ``sha256``) ->
-    raw samples checked by :func:`ipt_data.safety.read_samples`, each shard streamed through
-    fsspec without a full download.
-
-    Size and sha256 are checked as the shard streams: a shard that turns out longer than its
-    ``bytes`` stops at once; one that ends short or hashes differently raises at its end, after
-    its samples were yielded (a training run stops there rather than going on silently).
+    ``copy_to`` receives every byte read; once ``stop`` is set the next block raises
+    :class:`CopyStopped`. Errors of the storage (a missing file: FileNotFoundError; a dropped
+    connection, a time-out) are raised as they come, for the caller to retry (:func:`retried`)
+    or report.
     """
-    for source in sources:
-        url = source["url"]
-        with fsspec.open(url, "rb", **_streaming(url), **_http_options(url)) as incoming:
-            stream = CheckedStream(incoming, url, source.get("bytes"))
-            yield from read_samples(stream, url)
-            stream.drain()
-        if "sha256" in source:
-            stream.check_sha256(source["sha256"])
+    name = location.describe(shard["path"])
+    samples = 0
+    with open_read(location, shard["path"]) as incoming:
+        stream = CheckedStream(incoming, name, shard["bytes"], copy_to, stop)
+        for sample in read_samples(stream, name):
+            samples += 1
+            yield sample
+        stream.drain()
+    stream.check_sha256(shard["sha256"])
+    if samples != shard["samples"]:
+        raise UserError(f"{name}: {samples} samples, manifest says {shard['samples']}; refused")
+
+
+def retried(name: str, attempt: Callable[[], Result]) -> Result:
+    """``attempt()``, started over while the storage fails (a dropped connection, an HTTP error,
+    a time-out): :data:`RETRIES` attempts in all, 0.5 s and then 1 s apart. A missing file
+    (``<name>: not found (listed in the manifest)``) and the last failure are a UserError naming
+    ``name``; an attempt's UserError (a shard that disagrees with its manifest) is raised as it
+    is, without another attempt."""
+    import aiohttp
+
+    for number in range(1, RETRIES + 1):
+        try:
+            return attempt()
+        except FileNotFoundError:
+            raise UserError(f"{name}: not found (listed in the manifest)") from None
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+            if number == RETRIES:
+                raise UserError(
+                    f"{name}: transfer failed after {RETRIES} attempts ({describe(error)})"
+                ) from None
+            time.sleep(0.5 * number)
+    raise AssertionError("unreachable")
 
 
 # What a write that cannot happen raises (a read-only place, a file where a folder should be);
@@ -417,26 +448,3 @@ def check_writable(location: SetLocation) -> None:
         if blocking is not None:
             where = "it" if blocking == Path(location.root) else str(blocking)
             raise UserError(f"{location.url}: {where} is a file; a shard set is a folder")
-
-
-def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
-    """The checked manifest of the set at ``location`` and its exact bytes.
-
-    A malformed manifest, or one whose shard entries are unsafe (paths leaving the set,
-    duplicate paths, a sha256 that is not 64 hex digits, negative sizes), is one UserError.
-    """
-    where = location.describe(MANIFEST_NAME)
-    try:
-        data = location.fs.cat_file(location.path(MANIFEST_NAME))
-    except FileNotFoundError:
-        raise UserError(
-            f"{where}: no manifest (is this an ipt-data shard set? is its build finished?)"
-        ) from None
-    except OSError as error:
-        raise UserError(f"{where}: cannot read ({describe(error)})") from None
-    try:
-        manifest = json.loads(data)
-    except ValueError as error:
-        raise UserError(f"{where}: bad manifest: not JSON ({error})") from None
-    validate_manifest(manifest, where)
-    return manifest, data

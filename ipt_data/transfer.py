@@ -2,10 +2,10 @@
 
 Shards are copied ``jobs`` at a time (threads: each copy mostly waits on the network, and an
 object store answers every request only after a round trip). Each shard is streamed once from
-the source to a temporary name at the destination while it is hashed, counted and walked as a
-tar (:func:`ipt_data.safety.scan_shard`: nothing is decoded); only a shard whose size, sha256
-and sample count equal the source manifest's is renamed into place, so a shard path at the
-destination always holds a verified shard. Network errors are
+the source to a temporary name at the destination through the one shard stream
+(:func:`ipt_data.remote.read_shard`: hashed, counted and walked as a tar, nothing decoded); only
+a shard whose size, sha256 and sample count equal the source manifest's is renamed into place,
+so a shard path at the destination always holds a verified shard. Network errors are
 retried; a shard that disagrees with the manifest, or holds anything but patch pairs, is
 refused by name. Every selected shard is attempted; the failures, if any, are reported together
 at the end as one error naming each failed shard, and the manifest is not written.
@@ -24,45 +24,36 @@ manifest; a complete copy gets the source manifest's exact bytes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
-import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from ipt_data.errors import UserError, printable
 from ipt_data.fileio import file_sha256
-from ipt_data.manifest import MANIFEST_NAME
+from ipt_data.layout import MANIFEST_NAME, MARKER, TRANSFER_FOLDER
+from ipt_data.manifest import dump_json, read_set_manifest
 from ipt_data.progress import progress_bar
 from ipt_data.remote import (
-    CheckedStream,
     SetLocation,
     check_writable,
-    describe,
     discard,
     file_size,
     has_files,
     open_location,
-    open_read,
     open_set_location,
     open_write_partial,
     publish,
-    read_set_manifest,
+    read_shard,
     remove_partials,
+    retried,
     sole_writer,
     storage_errors,
     write_bytes,
 )
-from ipt_data.safety import scan_shard
 
-MARKER = "_transfer/source.json"
-RETRIES = 3
 # Shards copied at once. Measured with benchmarks/transfer.py (50 ms per request; record in
 # benchmarks/results/transfer_xeon2c_2026-11-27.md):
 # the pull time falls about in proportion up to here; threads mostly wait, so 2 cores suffice.
@@ -169,7 +160,7 @@ def plan_copy(source: SetLocation, selection: Selection) -> CopyPlan:
     everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]
     origin = source.root if source.is_local else source.url
     if sorted(_paths(chosen)) != sorted(_paths(everything)):
-        manifest_bytes = _dumps(subset_manifest(manifest, manifest_bytes, origin, selection))
+        manifest_bytes = dump_json(subset_manifest(manifest, manifest_bytes, origin, selection))
     return CopyPlan(chosen, origin, manifest_bytes)
 
 
@@ -183,7 +174,7 @@ def _copy_planned(
     outcomes = _copy_shards(source, dest, chosen, progress, jobs)
     sizes = [size for size in outcomes if size is not None]  # None: was in place already
     write_bytes(dest, MANIFEST_NAME, out_bytes)
-    dest.fs.rm(dest.path(MARKER.partition("/")[0]), recursive=True)
+    dest.fs.rm(dest.path(TRANSFER_FOLDER), recursive=True)
     return TransferResult(
         json.loads(out_bytes),
         dest.describe(MANIFEST_NAME),
@@ -280,52 +271,28 @@ def subset_manifest(
 def copy_shard(
     source: SetLocation, dest: SetLocation, shard: dict, stop: threading.Event | None = None
 ) -> int:
-    """Stream one shard from ``source`` to ``dest``, verified; retries network errors. Once
-    ``stop`` is set the copy ends (:class:`ipt_data.remote.CopyStopped`), its temporary file
-    removed."""
-    import aiohttp
-
+    """Stream one shard from ``source`` to ``dest``, verified; retries network errors
+    (:func:`ipt_data.remote.retried`). Once ``stop`` is set the copy ends
+    (:class:`ipt_data.remote.CopyStopped`), its temporary file removed."""
     name = source.describe(shard["path"])
-    for attempt in range(1, RETRIES + 1):
-        try:
-            return _copy_once(source, dest, shard, name, stop)
-        except FileNotFoundError:
-            raise UserError(f"{name}: not found (listed in the manifest)") from None
-        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
-            if attempt == RETRIES:
-                raise UserError(
-                    f"{name}: transfer failed after {RETRIES} attempts ({describe(error)})"
-                ) from None
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def fetched_shard(source: SetLocation, shard: dict) -> Iterator[Path]:
-    """A verified local copy of one shard of ``source`` (as :func:`copy_shard` checks it), in a
-    temporary folder that is removed on exit: how a remote set is checked one shard at a time."""
-    with tempfile.TemporaryDirectory(prefix="ipt-shard-") as scratch:
-        copy_shard(source, open_location(scratch), shard)
-        yield Path(scratch, shard["path"])
+    return retried(name, lambda: _copy_once(source, dest, shard, stop))
 
 
 def _copy_once(
-    source: SetLocation, dest: SetLocation, shard: dict, name: str, stop: threading.Event | None
+    source: SetLocation, dest: SetLocation, shard: dict, stop: threading.Event | None
 ) -> int:
+    """One attempt: the shard read through :func:`ipt_data.remote.read_shard` into a temporary
+    file at ``dest``, published only once the stream has ended verified; its size."""
     stream, partial = open_write_partial(dest, shard["path"])
     try:
-        with open_read(source, shard["path"]) as incoming, stream:
-            reader = CheckedStream(incoming, name, shard["bytes"], copy_to=stream, stop=stop)
-            samples = scan_shard(reader, name)
-            reader.drain()
-        reader.check_sha256(shard["sha256"])
-        if samples != shard["samples"]:
-            raise UserError(f"{name}: {samples} samples, manifest says {shard['samples']}; refused")
+        with stream:  # an object store uploads (the rest of) the copy when it closes
+            for _ in read_shard(source, shard, copy_to=stream, stop=stop):
+                pass
         publish(dest, partial, shard["path"])
     except BaseException:
         discard(dest, partial)
         raise
-    return reader.size
+    return shard["bytes"]
 
 
 def _in_place(dest: SetLocation, shard: dict) -> bool:
@@ -339,7 +306,7 @@ def _in_place(dest: SetLocation, shard: dict) -> bool:
 
 def _claim_destination(dest: SetLocation, source_url: str, out_bytes: bytes) -> None:
     """Make ``dest`` this transfer's: empty, the same finished copy, or this copy resumed."""
-    marker = _dumps(
+    marker = dump_json(
         {"source": source_url, "manifest_sha256": hashlib.sha256(out_bytes).hexdigest()}
     )
     if file_size(dest, MANIFEST_NAME) is not None:
@@ -359,10 +326,6 @@ def _claim_destination(dest: SetLocation, source_url: str, out_bytes: bytes) -> 
 
 def _paths(shards: list[dict]) -> list[str]:
     return [shard["path"] for shard in shards]
-
-
-def _dumps(value: dict) -> bytes:
-    return (json.dumps(value, indent=1) + "\n").encode()
 
 
 def summary_line(result: TransferResult) -> str:

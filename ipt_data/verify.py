@@ -1,17 +1,17 @@
 """``verify`` and ``info`` of a shard set, in a folder or at a URL.
 
-``verify_shard_set`` re-hashes every shard against the manifest, then reads it as a tar and
-checks that it holds the recorded number of samples, each with ``input.png`` (48×48 RGB),
-``target.png`` (48s×48s RGB) and a JSON object, and nothing else. Local shards are checked in
-parallel processes; a remote set's shards are fetched one at a time per thread into a verified
-temporary copy (:func:`ipt_data.transfer.fetched_shard`) and checked there. The result names
-every bad shard with its first problem.
+``verify_shard_set`` streams every shard once through the one shard stream
+(:func:`ipt_data.remote.read_shard`: size, sha256 and sample count against the manifest, member
+and PNG-header gates) and decodes each sample as it passes: ``input.png`` 48×48 RGB,
+``target.png`` 48s×48s RGB, ``json`` an object. Local shards are checked in parallel processes,
+a remote set's in threads (each shard fetched once, nothing kept). The result names every bad
+shard with its first problem; a shard whose bytes differ from the manifest is named for that
+rather than for a sample that then fails to decode.
 
 A shard is someone else's file even when its hash matches the manifest (the manifest may be
-theirs too): it is read through :func:`ipt_data.safety.read_samples`, so a member other than
-the three, a link, an oversized member or a PNG bomb is refused from its header before anything
-is decoded. Tars are read with the standard library (``ipt_data`` does not import webdataset,
-which would import torch).
+theirs too): the stream's gates refuse a member other than the three, a link, an oversized
+member or a PNG bomb from its header, before anything is decoded. Tars are read with the
+standard library (``ipt_data`` does not import webdataset, which would import torch).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import functools
 import json
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,35 +28,25 @@ import numpy as np
 from tqdm import tqdm
 
 from ipt_data.errors import UserError, printable
-from ipt_data.fileio import file_sha256
-from ipt_data.manifest import MANIFEST_NAME
+from ipt_data.layout import BOOKKEEPING_FOLDERS, MANIFEST_NAME
+from ipt_data.manifest import images_line, read_set_manifest
 from ipt_data.progress import progress_bar
-from ipt_data.remote import SetLocation, open_set_location, read_set_manifest, storage_errors
-from ipt_data.safety import check_png_header, read_samples
-from ipt_data.transfer import MARKER, fetched_shard
-from ipt_data.worker import STATE_FOLDER
+from ipt_data.remote import SetLocation, open_set_location, read_shard, retried, storage_errors
+from ipt_data.safety import check_png_header
 
 
 @dataclass(frozen=True)
 class ShardCheck:
-    """One shard to check: its file and what the manifest says about it."""
+    """One shard to check: its manifest entry and its task's PNG sides."""
 
-    path: Path
-    name: str  # as listed in the manifest
-    samples: int
-    bytes: int
-    sha256: str
+    entry: dict  # path, samples, bytes, sha256
     input_size: int
     target_size: int
 
-    def entry(self) -> dict:
-        """The shard's manifest entry."""
-        return {
-            "path": self.name,
-            "samples": self.samples,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-        }
+    @property
+    def name(self) -> str:
+        """The shard's path in the set, as the manifest lists it."""
+        return self.entry["path"]
 
 
 @dataclass(frozen=True)
@@ -92,34 +82,24 @@ def verify_shard_set(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     location, manifest = open_shard_set(shard_set)
-    checks = _shard_checks(location, manifest)
+    checks = _shard_checks(manifest)
     workers = workers or os.cpu_count() or 1
     bar = progress_bar(total=len(checks), unit="shard", desc="verify", enabled=progress)
+    # Local shards: decoding is CPU-bound. Remote: network-bound, threads share one fsspec client.
+    pool = ProcessPoolExecutor if location.is_local else ThreadPoolExecutor
     with bar:
-        if location.is_local:
-            problems = _map(check_shard, checks, workers, ProcessPoolExecutor, bar)
-        else:  # network-bound: threads share one fsspec client
-            remote = functools.partial(check_remote_shard, location)
-            problems = _map(remote, checks, workers, ThreadPoolExecutor, bar)
+        problems = _map(functools.partial(check_shard, location), checks, workers, pool, bar)
     found = {
         check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
     }
     unlisted = unlisted_files(Path(location.root), checks) if location.is_local else ()
-    return VerifyReport(len(checks), sum(check.samples for check in checks), found, unlisted)
+    samples = sum(check.entry["samples"] for check in checks)
+    return VerifyReport(len(checks), samples, found, unlisted)
 
 
-def _shard_checks(location: SetLocation, manifest: dict) -> list[ShardCheck]:
+def _shard_checks(manifest: dict) -> list[ShardCheck]:
     return [
-        ShardCheck(
-            # a remote shard's path is set to its fetched copy's when it is checked
-            Path(location.path(shard["path"])) if location.is_local else Path(shard["path"]),
-            shard["path"],
-            shard["samples"],
-            shard["bytes"],
-            shard["sha256"],
-            task["input_size"],
-            task["target_size"],
-        )
+        ShardCheck(shard, task["input_size"], task["target_size"])
         for task in manifest["tasks"].values()
         for shard in task["shards"]
     ]
@@ -129,11 +109,12 @@ def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
     """Set-relative names of the files under ``root`` that are neither the manifest, nor a
     listed shard, nor build/transfer bookkeeping."""
     known = {check.name for check in checks} | {MANIFEST_NAME}
-    bookkeeping = {STATE_FOLDER, MARKER.partition("/")[0]}
     found = (path.relative_to(root).as_posix() for path in root.rglob("*") if not path.is_dir())
     return tuple(
         sorted(
-            name for name in found if name not in known and name.split("/")[0] not in bookkeeping
+            name
+            for name in found
+            if name not in known and name.split("/")[0] not in BOOKKEEPING_FOLDERS
         )
     )
 
@@ -151,74 +132,57 @@ def _ticked(bar: tqdm, result: object) -> object:
     return result
 
 
-def check_remote_shard(location: SetLocation, check: ShardCheck) -> str | None:
-    """The first problem of one shard of a remote set: fetched (size, sha256 and tar members
-    checked as it streams), then checked as a local shard; the copy is removed after."""
+def check_shard(location: SetLocation, check: ShardCheck) -> str | None:
+    """The first problem of one shard of the set at ``location``, or None when it is intact.
+    Network errors are retried (:func:`ipt_data.remote.retried`)."""
+    name = location.describe(check.name)
     try:
-        with (
-            storage_errors(location.describe(check.name)),
-            fetched_shard(location, check.entry()) as path,
-        ):
-            return check_shard(replace(check, path=path))
-    except UserError as error:
+        with storage_errors(name):
+            return retried(name, lambda: _first_problem(location, check))
+    except UserError as error:  # the stream's checks and gates: nothing foreign was decoded
         return str(error)
 
 
-def check_shard(check: ShardCheck) -> str | None:
-    """The first problem of one local shard, or None when it is intact."""
-    if not check.path.is_file():
-        return "missing"
-    size = check.path.stat().st_size
-    if size != check.bytes:
-        return f"size {size} bytes, manifest says {check.bytes}"
-    if file_sha256(check.path) != check.sha256:
-        return "sha256 differs from the manifest"
-    try:
-        samples = _check_samples(check)
-    except UserError as error:  # from the member and PNG-header gates: nothing was decoded
-        return str(error)
-    except (OSError, ValueError) as error:
-        return f"unreadable: {error}"
-    if samples != check.samples:
-        return f"{samples} samples, manifest says {check.samples}"
-    return None
+def _first_problem(location: SetLocation, check: ShardCheck) -> str | None:
+    """Stream the shard through :func:`ipt_data.remote.read_shard`, decoding each sample until
+    one fails; that sample's problem, told only once the stream has ended verified (a shard
+    whose bytes differ from the manifest raises for that first)."""
+    problem = None
+    for sample in read_shard(location, check.entry):
+        problem = problem or _sample_problem(sample, check)
+    return problem
 
 
-def _check_samples(check: ShardCheck) -> int:
-    """Read the tar sample by sample through the safety gates, decode each; raises ValueError
-    naming the first sample that does not decode to the expected sizes."""
-    with open(check.path, "rb") as stream:
-        return sum(_check_sample(sample, check) for sample in read_samples(stream, check.name))
-
-
-def _check_sample(sample: dict, check: ShardCheck) -> int:
+def _sample_problem(sample: dict, check: ShardCheck) -> str | None:
+    """What is wrong with one sample's contents (exact PNG sizes, decoding, JSON), or None."""
     key = sample["__key__"]
     for extension, side in (("input.png", check.input_size), ("target.png", check.target_size)):
         data = sample[extension]
         if check_png_header(data, f"sample {key}: {extension}") != (side, side):
-            raise ValueError(f"sample {key}: {extension} header is not {side}x{side}")
+            return f"unreadable: sample {key}: {extension} header is not {side}x{side}"
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None or image.shape != (side, side, 3) or image.dtype != np.uint8:
             shape = None if image is None else image.shape
-            raise ValueError(f"sample {key}: {extension} is {shape}, expected ({side}, {side}, 3)")
-    if not isinstance(json.loads(sample["json"]), dict):
-        raise ValueError(f"sample {key}: json is not an object")
-    return 1
+            return f"unreadable: sample {key}: {extension} is {shape}, expected ({side}, {side}, 3)"
+    try:
+        is_object = isinstance(json.loads(sample["json"]), dict)
+    except ValueError as error:
+        return f"unreadable: sample {key}: json does not parse ({error})"
+    return None if is_object else f"unreadable: sample {key}: json is not an object"
 
 
 def describe_shard_set(shard_set: str | Path) -> list[str]:
     """Human-readable lines: the set's build parameters, source, image counts and per-task
     samples, shards and sizes."""
     _, manifest = open_shard_set(shard_set)
-    params, source, images = manifest["params"], manifest["source"], manifest["images"]
-    skipped = ", ".join(f"{reason} {count}" for reason, count in images["skipped"].items())
+    params, source = manifest["params"], manifest["source"]
     lines = [
         f"shard set {shard_set} (format {manifest['format_version']}, "
         f"ipt-data {manifest['tool_version']})",
         f"seed {params['seed']}, {params['patches_per_image']} patches per image, "
         f"{params['images_per_shard']} images per shard",
         f"source: {source['images']} images, fingerprint {source['fingerprint'][:16]}",
-        f"images: {images['decoded']} of {images['listed']} decoded; skipped: {skipped or 'none'}",
+        images_line(manifest),
         *_subset_lines(manifest),
         f"{'task':12s} {'input':>6s} {'target':>7s} {'samples':>10s} {'shards':>7s} "
         f"{'bytes':>14s} {'too small':>9s}",

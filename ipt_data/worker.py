@@ -10,13 +10,12 @@ it). Nothing here depends on which process runs the chunk or when. Shards and st
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -24,13 +23,13 @@ import numpy as np
 
 from ipt_data.decode import decode_image
 from ipt_data.errors import UnreadableImage, UserError
+from ipt_data.layout import ChunkStats, shard_name, stats_name
 from ipt_data.patches import ImageTooSmall, cut_pairs
 from ipt_data.remote import SetLocation, open_location, write_bytes
 from ipt_data.seeding import image_rng
 from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
 from ipt_data.tasks import Task
 
-STATE_FOLDER = "_build"  # build parameters and per-chunk stats (done-markers) of a shard set
 _KEY_UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
 
 
@@ -46,41 +45,6 @@ class ChunkJob:
     tasks: tuple[Task, ...]  # the build's own task objects, whose parameters the manifest states
     patches_per_image: int
     seed: int
-
-
-@dataclass
-class ChunkStats:
-    chunk: int
-    images: int = 0
-    decoded: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> images
-    too_small: dict[str, int] = field(default_factory=dict)  # task -> images
-    shards: dict[str, dict] = field(default_factory=dict)  # task -> path/samples/bytes/sha256
-    # Run-time figures, for the summary and the benchmark; never copied into the manifest.
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    peak_rss_bytes: int = 0
-
-    @property
-    def patches(self) -> int:
-        return sum(shard["samples"] for shard in self.shards.values())
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ChunkStats:
-        return cls(**json.loads(data))
-
-
-def shard_name(task_name: str, index: int) -> str:
-    """Shard path relative to the set's root: ``<task>/<task>-NNNNNN.tar``."""
-    return f"{task_name}/{task_name}-{index:06d}.tar"
-
-
-def stats_name(index: int) -> str:
-    """The chunk's stats file (its done-marker), relative to the set's root."""
-    return f"{STATE_FOLDER}/chunk-{index:06d}.json"
 
 
 def sample_key(number: int, image_id: str, patch: int) -> str:

@@ -38,8 +38,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ipt_data.errors import UserError
-from ipt_data.remote import SetLocation, open_read, open_set_location, read_set_manifest
-from ipt_data.safety import read_samples
+from ipt_data.manifest import read_set_manifest
+from ipt_data.remote import SetLocation, open_set_location, read_shard, storage_errors
 from ipt_data.tasks import Task
 from ipt_train.configs import LoaderConfig
 from ipt_train.schedule import TaskMix
@@ -85,6 +85,11 @@ class ShardSet:
     def counts(self, task: Task) -> dict[str, int]:
         """Samples per shard of ``task``, from the manifest."""
         return {s["path"]: s["samples"] for s in self.manifest["tasks"][task.name]["shards"]}
+
+    def entry(self, path: str) -> dict:
+        """The manifest entry (path, samples, bytes, sha256) of the shard at ``path``."""
+        tasks = self.manifest["tasks"].values()
+        return next(shard for task in tasks for shard in task["shards"] if shard["path"] == path)
 
     def shards(self, task: Task) -> list[str]:
         entry = self.manifest["tasks"].get(task.name)
@@ -135,14 +140,18 @@ def reader_position(mix: TaskMix, task: Task, step: int, samples_per_step: int, 
 
 
 def raw_samples(shard_set: ShardSet, names: Iterator[str]) -> Iterator[dict]:
-    """Undecoded samples of the named shards, streamed in webdataset's sample form. Each tar
-    member's header is checked before the member is read (no links, no oversized or foreign
-    members, no compressed tars) and each sample's PNG headers before it is yielded."""
+    """Undecoded samples of the named shards in webdataset's sample form, each shard read
+    through the one shard stream (:func:`ipt_data.remote.read_shard`): every tar member checked
+    from its header before it is read (no links, no oversized or foreign members, no compressed
+    tars), every sample's PNG headers before it is yielded, and the shard's size, sha256 and
+    sample count against the manifest as it streams. A shard that disagrees with its manifest
+    entry is a UserError naming it, raised where the disagreement shows: for the sha256 at the
+    shard's end, after its samples were yielded (docs/training.md#the-streaming-data-path)."""
     for name in names:
         where = shard_set.location.describe(name)
         try:
-            with open_read(shard_set.location, name) as stream:
-                yield from read_samples(stream, where)
+            with storage_errors(where):
+                yield from read_shard(shard_set.location, shard_set.entry(name))
         except OSError as error:  # a shard the manifest lists that is gone or unreadable
             raise UserError(f"{where}: cannot read the shard ({error.strerror or error})") from None
 

@@ -21,10 +21,10 @@ from ipt_data.decode import decode_image
 from ipt_data.distributor import RayConfig
 from ipt_data.errors import UserError
 from ipt_data.imresize import downscale
+from ipt_data.layout import stats_name
 from ipt_data.rain import Rain
 from ipt_data.sources import open_sources, walk_sources
 from ipt_data.tasks import TASKS, Task
-from ipt_data.worker import stats_name
 
 PATCHES = 3
 IMAGES_PER_SHARD = 4

@@ -94,7 +94,7 @@ def test_killed_build_resumes_to_the_uninterrupted_bytes(killed_and_resumed, uni
     )
     assert 2 <= done_before < CHUNKS, "the kill must land part-way through the build"
     assert run_now + done_before == CHUNKS
-    assert not list(out.glob("*/.*.part"))  # temporary files (fileio.PARTIAL_SUFFIX)
+    assert not list(out.glob("*/.*.part"))  # temporary files (layout.PARTIAL_SUFFIX)
     result = subprocess.run([IPT_DATA, "verify", str(out)], capture_output=True, text=True)
     assert result.returncode == 0 and "OK: 90 shards" in result.stdout, result.stdout
     assert (out / "manifest.json").read_bytes() == (uninterrupted / "manifest.json").read_bytes()
@@ -210,5 +210,5 @@ def test_two_node_cluster_build_gives_the_same_bytes(
     assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     assert shard_hashes(out) == shard_hashes(reference)
     assert "will be retried" in (tmp_path / "build.log").read_text()
-    temporaries = list(out.glob("*/.*.part"))  # fileio.PARTIAL_SUFFIX
+    temporaries = list(out.glob("*/.*.part"))  # layout.PARTIAL_SUFFIX
     assert not temporaries, "the killed worker's temporaries are cleaned up"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import tarfile
 from itertools import islice
@@ -134,14 +136,21 @@ def test_shard_sequence_splits_each_epoch_between_readers():
 
 
 def test_foreign_member_is_refused_before_decoding(train_shards, tmp_path):
+    """The manifest is the attacker's too: its sizes and hashes match the shards, and the
+    member gate still refuses the foreign member."""
     copy = tmp_path / "set"
     shutil.copytree(train_shards, copy)
-    for path in (copy / "sr_x2").glob("*.tar"):
+    manifest = json.loads((copy / "manifest.json").read_bytes())
+    for shard in manifest["tasks"]["sr_x2"]["shards"]:
+        path = copy / shard["path"]
         with tarfile.open(path, "a") as tar:
             payload = b"not really a pickle"
             info = tarfile.TarInfo("evil.pyd")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+        data = path.read_bytes()
+        shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="evil"):
         for _ in stream(copy, range(0, 30), shuffle_buffer=1):
             pass

@@ -22,7 +22,8 @@ from PIL import Image
 
 from ipt_data.cli import main
 from ipt_data.errors import UserError
-from ipt_data.remote import open_location, read_set_manifest, read_shards
+from ipt_data.manifest import read_set_manifest
+from ipt_data.remote import open_location, read_shard
 from ipt_data.safety import (
     MAX_MEMBER_BYTES,
     MAX_PNG_SIDE,
@@ -218,8 +219,8 @@ def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, f
     assert not marker.exists() and not Path("/tmp/k1.json").exists()
     with pytest.raises(UserError, match="refused"):
         scan_shard(io.BytesIO(shard), "evil.tar")
-    with pytest.raises(UserError, match="refused"):  # the loader's stage, streaming the shard
-        list(read_shards([{"url": str(site / "sr_x2" / "evil.tar")}]))
+    with pytest.raises(UserError, match="refused"):  # the one shard stream (the loader's too)
+        list(read_shard(open_location(site), entry("sr_x2/evil.tar", shard, 1)))
     assert not marker.exists()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,15 @@ from loopback_servers import copy_set, http_server, tiny_set
 from ipt_data.cli import main
 from ipt_data.errors import UserError
 from ipt_data.fileio import write_bytes_atomic, write_whole
+from ipt_data.manifest import read_set_manifest
 from ipt_data.remote import (
     file_size,
     open_location,
     open_read,
     read_bytes,
     read_many,
-    read_set_manifest,
-    read_shards,
+    read_shard,
     remove_partials,
-    shard_sources,
     write_bytes,
 )
 from ipt_data.safety import safe_relative_path
@@ -130,7 +130,8 @@ def test_info_and_verify_read_a_set_over_http(shard_set):
 
 
 def test_verify_over_http_names_each_bad_shard(shard_set, tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))  # fetched copies go here
+    # verify streams each shard and keeps nothing: no temporary copy either
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
     site = copy_set(shard_set, tmp_path / "site")
     flipped, mismatched = "sr_x2/sr_x2-000000.tar", "sr_x2/sr_x2-000002.tar"
@@ -156,7 +157,7 @@ def test_verify_over_http_names_each_bad_shard(shard_set, tmp_path, monkeypatch)
     assert report.problems[deleted] == f"{server.url}/{deleted}: not found (listed in the manifest)"
     assert len(report.problems) == 3
     assert run.exit_code == 1 and "Error: 3 of 5 shards are bad" in run.output
-    assert not list((tmp_path / "scratch").iterdir())  # every fetched copy was removed
+    assert not list((tmp_path / "scratch").iterdir())
 
 
 def _paths(shard_set: Path) -> list[str]:
@@ -170,13 +171,18 @@ def test_webdataset_streams_checked_samples_from_a_url(shard_set):
     with http_server(shard_set) as server:
         location = open_location(server.url)
         manifest, _ = read_set_manifest(location)
-        sources = shard_sources(location, manifest, "sr_x2")
-        samples = list(wds.DataPipeline(lambda: iter(sources), read_shards, wds.decode("rgb8")))
+        shards = [dict(shard) for shard in manifest["tasks"]["sr_x2"]["shards"]]
+
+        def raw() -> Iterator[dict]:
+            for shard in shards:
+                yield from read_shard(location, shard)
+
+        samples = list(wds.DataPipeline(raw, wds.decode("rgb8")))
         assert [server.hits[f"/sr_x2/sr_x2-00000{n}.tar"] for n in range(3)] == [1, 1, 1]
-        sources[1]["sha256"] = "0" * 64
+        shards[1]["sha256"] = "0" * 64
         with pytest.raises(UserError, match=r"sr_x2-000001\.tar: sha256 differs"):
-            list(wds.DataPipeline(lambda: iter(sources), read_shards))
-    assert sources[0]["url"] == f"{server.url}/sr_x2/sr_x2-000000.tar"
+            list(wds.DataPipeline(raw))
+    assert samples[0]["__url__"] == f"{server.url}/sr_x2/sr_x2-000000.tar"
     assert len(samples) == manifest["tasks"]["sr_x2"]["samples"] == 12
     assert {sample["input.png"].shape for sample in samples} == {(48, 48, 3)}
     assert {sample["target.png"].shape for sample in samples} == {(96, 96, 3)}

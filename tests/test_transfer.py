@@ -16,8 +16,10 @@ from loopback_servers import BIN, copy_set, http_server, s3_server, tiny_set
 
 from ipt_data.cli import main
 from ipt_data.errors import UserError
-from ipt_data.remote import open_location, read_set_manifest, read_shards, shard_sources
-from ipt_data.transfer import MARKER, pull, push
+from ipt_data.layout import MARKER
+from ipt_data.manifest import read_set_manifest
+from ipt_data.remote import open_location, read_shard
+from ipt_data.transfer import pull, push
 from ipt_data.verify import verify_shard_set
 
 
@@ -267,7 +269,8 @@ def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
         )
         result = pull(url, tmp_path / "back")
         assert result.copied == 6
-        streamed = list(read_shards(shard_sources(open_location(url), manifest, "denoise_30")))
+        location, shards = open_location(url), manifest["tasks"]["denoise_30"]["shards"]
+        streamed = [sample for shard in shards for sample in read_shard(location, shard)]
         assert len(streamed) == manifest["tasks"]["denoise_30"]["samples"] == 12
     assert tree_hashes(tmp_path / "back") == tree_hashes(shard_set)
 

@@ -72,7 +72,7 @@ def test_verify_names_each_bad_shard(damaged):
         "denoise_30/denoise_30-000001.tar",
         "sr_x2/sr_x2-000002.tar",
     }
-    assert "sr_x2/sr_x2-000002.tar: missing" in result.output
+    assert "sr_x2/sr_x2-000002.tar: not found (listed in the manifest)" in result.output
     assert "Error: 3 of 6 shards are bad" in result.output
 
 
