@@ -22,21 +22,17 @@ median of the S levels and of the shape figures, and the standard deviation of t
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ipt_data.decode import decode_image
+from ipt_data.benchsets import image_files, rain_images, read_image, read_pair
 from ipt_data.errors import UserError
-from ipt_data.fileio import read_bytes
 from ipt_data.metrics import psnr_y, ssim_y
 from ipt_data.rain import Rain
-from ipt_data.sources import walk_sources
 
-_PAIR_NAME = re.compile(r"^(no)?rain-(\d+)\.(png|jpe?g|bmp|tiff?)$", re.IGNORECASE)
 MAX_LAG_PX = 64  # longest autocorrelation lag searched for the half maximum
 
 MEAN_KEYS = ("psnr_y", "ssim_y", "touched", "strong")
@@ -157,17 +153,6 @@ def summarize(per_image: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted; none, or a ``folder`` that is
-    not a folder, is a :class:`UserError` (:func:`ipt_data.sources.walk_sources`)."""
-    sources = walk_sources(folder)
-    return [sources.root / image_id for image_id in sources.ids]
-
-
-def read_image(path: Path) -> np.ndarray:
-    return decode_image(read_bytes(path), str(path))
-
-
 def synthesized_pairs(
     folder: str | Path, rain: Rain, seed: int
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -182,52 +167,16 @@ def synthesized_pairs(
         yield name, clean, rain(clean, image_rng(seed, name, "derain")[0])
 
 
-def real_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
-    """``(rain-N, norain-N)`` file pairs under ``folder`` (Rain100L / RainTrainL naming), matched
-    by N in the same folder, or anywhere in the tree where N is unique. Any file left without
-    its partner is a :class:`UserError` that names it."""
-    rainy: dict[str, list[Path]] = {}
-    clean: dict[str, list[Path]] = {}
-    for path in image_files(folder):
-        match = _PAIR_NAME.match(path.name)
-        if match:
-            number = str(int(match.group(2)))  # rain-001 pairs with norain-1
-            (clean if match.group(1) else rainy).setdefault(number, []).append(path)
-    if not rainy and not clean:
-        raise UserError(f"{folder}: no rain-N / norain-N image pairs found")
-    pairs = []
-    for number, rain_paths in sorted(rainy.items()):
-        candidates = clean.get(number, [])
-        for rain_path in rain_paths:
-            partner = _partner(rain_path, candidates)
-            pairs.append((rain_path, partner))
-    used = {partner for _, partner in pairs}
-    lonely = [path for paths in clean.values() for path in paths if path not in used]
-    if lonely:
-        raise UserError(f"{lonely[0]}: no matching rain-N image ({len(lonely)} unmatched)")
-    return pairs
-
-
-def _partner(rain_path: Path, candidates: list[Path]) -> Path:
-    same_folder = [path for path in candidates if path.parent == rain_path.parent]
-    if len(same_folder) == 1:
-        return same_folder[0]
-    if len(candidates) == 1:
-        return candidates[0]
-    problem = "no matching norain-N image" if not candidates else "several norain-N candidates"
-    raise UserError(f"{rain_path}: {problem}")
-
-
 def rain_statistics(
     folder: str | Path, pairs: bool = False, heavy: bool = False, seed: int = 0, draws: int = 1
 ) -> dict[str, float]:
-    """Summary figures of the real pairs under ``folder`` (``pairs``), or of our rain
-    synthesised over every clean image under it, ``draws`` times per image (seeds ``seed``,
-    ``seed + 1``, ...)."""
+    """Summary figures of the real ``rain-N`` / ``norain-N`` pairs under ``folder``
+    (``pairs``; :func:`ipt_data.benchsets.rain_images`, the pairs ``ipt-train eval`` reads), or
+    of our rain synthesised over every clean image under it, ``draws`` times per image (seeds
+    ``seed``, ``seed + 1``, ...)."""
     if pairs:
         measured = [
-            pair_statistics(read_image(clean), read_image(rainy))
-            for rainy, clean in real_pairs(folder)
+            pair_statistics(clean, rainy) for rainy, clean in map(read_pair, rain_images(folder))
         ]
     else:
         if draws < 1:

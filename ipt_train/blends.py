@@ -9,14 +9,14 @@ energy across the same lines in the other output, which has the same picture and
 model there but no tile edge. Without seams it is 1 (up to the model's own noise); seams push
 it above, whatever the picture.
 
-``compare_blends`` runs a checkpoint over a benchmark folder (read as ``ipt-train eval`` reads
-it) with every blend and reports, per blend, the mean Y-PSNR / Y-SSIM, the mean seam index and
-the forward passes per input megapixel.
+``compare_blends`` evaluates a checkpoint on a benchmark folder once per blend, each time with
+``ipt-train eval``'s own evaluation (:func:`ipt_train.evaluate.evaluate_restorer`) adding the
+seam index and the tile count of each image, and reports per blend the mean Y-PSNR / Y-SSIM,
+the mean seam index and the forward passes per input megapixel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +24,18 @@ import numpy as np
 
 from ipt_data.metrics import rgb_to_y
 from ipt_data.tasks import get_task
-from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.checkpoint import load_model
+from ipt_train.configs import EvalConfig
 from ipt_train.distributed import pick_device
-from ipt_train.evaluate import eval_pairs, score
-from ipt_train.restore import restore_image
+from ipt_train.evaluate import (
+    EvalPair,
+    Restorer,
+    TiledModel,
+    benchmark_images,
+    evaluate_restorer,
+    model_restorer,
+)
 from ipt_train.tilegrid import BLENDS, TileConfig, grid_stride, tile_count, tile_lines
-
-Restorer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 input -> sH x sW x 3 uint8 output
 
 
 def line_energy(y: np.ndarray, lines: tuple[list[int], list[int]]) -> float:
@@ -90,25 +95,24 @@ def compare_blends(
     SR ``task_name`` on the benchmark folder ``data``, every blend with the rest of ``tiles``;
     scores and seam indices are means over the images."""
     task = get_task(task_name)
+    images = benchmark_images(task, Path(data))
     model = load_model(checkpoint).to(pick_device(device))
-    slot = slot_for_task(model.cfg, task)
-    pairs = list(eval_pairs(task, Path(data)))
-    tiles = replace(tiles or TileConfig(), tile=model.cfg.patch_size)
-    pixels = sum(pair.input.shape[0] * pair.input.shape[1] for pair in pairs)
     results = {}
     for blend in BLENDS:
-        config = replace(tiles, blend=blend)
-        rows = []
-        restore = _restorer(model, slot, task.scale, config)
-        for pair in pairs:
-            output = restore(pair.input)
-            seams = seam_index(restore, pair.input, config, task.scale, restored=output)
-            rows.append({**score(output, pair.target, task), "seam_index": seams})
-        passes = sum(tile_count(config, *pair.input.shape[:2]) for pair in pairs)
-        results[blend] = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
-        results[blend]["passes_per_megapixel"] = passes / (pixels / 1e6)
+        config = EvalConfig(tiles=replace(tiles or TileConfig(), blend=blend), progress=False)
+        restore = model_restorer(model, task, config.tiles)
+        report = evaluate_restorer(restore, task, images, config, per_image=_seams_and_cost)
+        results[blend] = {key: report[key] for key in ("psnr_y", "ssim_y", "seam_index")}
+        # the ratio of the means is the ratio of the sums: passes over all input pixels
+        results[blend]["passes_per_megapixel"] = 1e6 * report["tile_passes"] / report["pixels"]
     return results
 
 
-def _restorer(model, slot: int, scale: int, tiles: TileConfig) -> Restorer:
-    return lambda image: restore_image(model, image, slot, scale, tiles)
+def _seams_and_cost(restore: TiledModel, pair: EvalPair, output: np.ndarray) -> dict[str, float]:
+    """The seam index of one evaluated image, its tile passes and input pixels."""
+    height, width = pair.input.shape[:2]
+    return {
+        "seam_index": seam_index(restore, pair.input, restore.tiles, restore.scale, output),
+        "tile_passes": tile_count(restore.tiles, height, width),
+        "pixels": height * width,
+    }

@@ -13,10 +13,12 @@ from ipt_train.configs import (
     FinetuneConfig,
     LoaderConfig,
     PretrainConfig,
+    TablesConfig,
     TrainConfig,
     finetune_training,
     pretrain_training,
 )
+from ipt_train.launch import LaunchConfig
 from ipt_train.schedule import LRSchedule
 from ipt_train.tilegrid import BLENDS, TileConfig
 
@@ -254,6 +256,26 @@ def evaluate(ckpt, baseline, task_name, data, seed, device, as_json, **options):
 
 
 @main.command()
+@click.option("--bench", required=True, type=click.Path(), help="Folder of the benchmark sets.")
+@click.option("--ckpt", type=click.Path(), help="A 6-task checkpoint, for every task.")
+@click.option("--ckpt-for", multiple=True, metavar="TASK=CKPT", help="One task's (over --ckpt).")
+@click.option("--baseline", is_flag=True, help="Only the input rows (bicubic, noisy, rainy).")
+@click.option("--sets", default=None, help="Comma-separated sets  [default: every set found]")
+@click.option("--seed", default=EvalConfig.noise_seed, show_default=True, help="Of the noise.")
+@tiling_options
+@click.option("--device", default=EvalConfig.device, show_default=True)
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results here.")
+def tables(bench, ckpt, ckpt_for, baseline, sets, seed, device, json_path, **options):
+    """The IPT paper's Tables 1-4 on the sets in BENCH (docs/benchmark-sets.md), as Markdown."""
+    from ipt_train.tables import format_tables, run_tables
+
+    evaluation = EvalConfig(tiles=tile_config(options), device=device, noise_seed=seed)
+    config = TablesConfig(bench, ckpt, ckpt_for, baseline, sets, evaluation, json_path)
+    results = run_tables(config, note=lambda line: click.echo(line, err=True))
+    click.echo(format_tables(results), nl=False)
+
+
+@main.command()
 @click.option("--init", type=click.Path(), help="Pretrained ckpt [none: random --preset].")
 @click.option("--preset", default=FinetuneConfig.preset, show_default=True, help="Without --init.")
 @click.option("--task", "task_name", required=True, help="Task to fine-tune, e.g. sr_x2.")
@@ -300,14 +322,23 @@ def plot(run, out, window, grid_ckpt, grid_task, grid_image):
     "launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
 )
 @click.option("--nproc-per-node", type=int, required=True, help="Processes on this node (GPUs).")
-@click.option("--nnodes", default=1, show_default=True, help="Nodes taking part.")
-@click.option("--node-rank", default=0, show_default=True, help="This node's rank.")
-@click.option("--master-addr", default="localhost", show_default=True, help="Node 0's address.")
-@click.option("--master-port", default=29500, show_default=True, help="A free port on node 0.")
+@click.option("--nnodes", default=LaunchConfig.nnodes, show_default=True, help="Nodes taking part.")
+@click.option(
+    "--node-rank", default=LaunchConfig.node_rank, show_default=True, help="This node's rank."
+)
+@click.option(
+    "--master-addr", default=LaunchConfig.master_addr, show_default=True, help="Node 0's address."
+)
+@click.option(
+    "--master-port",
+    default=LaunchConfig.master_port,
+    show_default=True,
+    help="A free port on node 0.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch_command(command, **where):
     """Run `pretrain ...` or `finetune ...` (COMMAND) in several processes, as torchrun does, but
     ending in one Error line, not torchrun's traceback, when a process fails."""
-    from ipt_train.launch import LaunchConfig, launch
+    from ipt_train.launch import launch
 
     launch(LaunchConfig(**where), command)

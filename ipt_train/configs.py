@@ -109,6 +109,20 @@ class EvalConfig:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class TablesConfig:
+    """What ``ipt-train tables`` evaluates: the benchmark sets under ``bench`` and the models
+    of the model rows (docs/evaluation.md#ipt-train-tables)."""
+
+    bench: str  # the folder holding Set5/, Set14/, B100/, Urban100/, CBSD68/, Rain100L/
+    checkpoint: str | None = None  # a 6-task checkpoint, for every task
+    checkpoint_for: tuple[str, ...] = ()  # "TASK=CKPT": one task's checkpoint, over `checkpoint`
+    baseline: bool = False  # the input rows only (bicubic, noisy, rainy)
+    sets: str | None = None  # comma-separated set names; None: every set found under bench
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    json: str | None = None  # also write the results here, as JSON
+
+
 AMPS = ("none", "bf16", "fp16")  # autocast dtypes ipt-train bench knows
 
 

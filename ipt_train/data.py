@@ -212,7 +212,8 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 class PretrainStream(IterableDataset):
     """The units of ``steps`` for ``rank`` of ``world`` (see module doc). ``source`` is a shard
-    set (or its location), or anything with the same ``check(task)`` and ``stream(...)``."""
+    set (or its location) or a folder source: an ``ipt_train.sources.TrainingSource`` (named,
+    not imported: the folder sources build on this module)."""
 
     def __init__(
         self,

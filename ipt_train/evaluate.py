@@ -1,40 +1,50 @@
 """``ipt-train eval``: PSNR / SSIM of a checkpoint on the standard benchmark layouts
-(docs/evaluation.md).
+(docs/evaluation.md), the folders read by :mod:`ipt_data.benchsets`.
 
-* SR (``sr_x2/3/4``): ``DIR/HR/*.png`` (or a plain folder of HR images), with the LR inputs from
-  ``DIR/LR_bicubic/X{s}/{name}x{s}.png`` where present, else made by MATLAB-exact bicubic from
-  the HR mod-cropped to a multiple of s; Y channel, ``s`` pixels shaved at each border.
-* Denoising (``denoise_30/50``): every clean image in DIR (or ``DIR/HR``) plus Gaussian noise
-  seeded from (seed, image index), clipped to 0..255 and not rounded; Y (as IPT) and RGB (as
-  DnCNN-style tables).
-* Deraining: ``rain-N.png`` / ``norain-N.png`` pairs (Rain100L); Y channel.
+* SR (``sr_x2/3/4``): the HR images of DIR (``DIR/HR/``, or DIR itself), with the LR inputs
+  ``DIR/LR_bicubic/X{s}/{name}x{s}.png`` where the set has them, else made by MATLAB-exact
+  bicubic from the HR mod-cropped to a multiple of s; Y channel, ``s`` pixels shaved at each
+  border.
+* Denoising (``denoise_30/50``, or a :class:`Task` of another sigma): every clean image of DIR
+  plus Gaussian noise seeded from (seed, image index), clipped to 0..255 and not rounded; Y (as
+  IPT) and RGB (as DnCNN-style tables).
+* Deraining: ``rain-N`` / ``norain-N`` pairs (Rain100L); Y channel.
 
 Outputs are rounded to 0..255 before scoring; the model runs over overlapping 48x48 tiles
-(:mod:`ipt_train.tiling`). ``baseline=True`` scores the input itself (bicubic-upscaled for SR),
-the row every table starts from.
+(:mod:`ipt_train.tiling`). The baseline scores the input itself (bicubic-upscaled for SR), the
+row every table starts from. :func:`evaluate_restorer` is the one evaluation loop: ``eval``,
+``tables`` and the blend comparison all score through it.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ipt_data.decode import decode_image
-from ipt_data.errors import UserError
-from ipt_data.fileio import read_bytes
-from ipt_data.imresize import downscale, mod_crop, upscale
+from ipt_data.benchsets import (
+    BenchImage,
+    check_images,
+    clean_images,
+    rain_images,
+    read_image,
+    read_pair,
+    sr_images,
+)
+from ipt_data.imresize import upscale
 from ipt_data.metrics import psnr_rgb, psnr_y, ssim_rgb, ssim_y
 from ipt_data.progress import progress_bar
-from ipt_data.sources import is_image_name
 from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.configs import EvalConfig
 from ipt_train.distributed import pick_device
 from ipt_train.restore import restore_image
+from ipt_train.tilegrid import TileConfig
+
+Restorer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 input -> sH x sW x 3 output
 
 
 @dataclass(frozen=True)
@@ -44,20 +54,58 @@ class EvalPair:
     target: np.ndarray  # sH x sW x 3 uint8
 
 
+PerImage = Callable[[Restorer, EvalPair, np.ndarray], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TiledModel:
+    """A model's task slot run over whole images by tiled inference: H x W x 3 uint8 ->
+    sH x sW x 3 uint8 (:func:`ipt_train.restore.restore_image`)."""
+
+    model: torch.nn.Module
+    slot: int
+    scale: int
+    tiles: TileConfig  # tile = the model's input size
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return restore_image(self.model, image, self.slot, self.scale, self.tiles)
+
+
 def evaluate(
-    checkpoint: str | Path | None, task_name: str, data: str | Path, config: EvalConfig
+    checkpoint: str | Path | None,
+    task_name: str,
+    data: str | Path,
+    config: EvalConfig,
 ) -> dict:
     """Scores per image and their means: ``{"task", "images": [{name, psnr_y, ssim_y, ...}],
     "psnr_y", "ssim_y"[, "psnr_rgb", "ssim_rgb"]}``. ``checkpoint`` None scores the baseline
     (the input itself, bicubic-upscaled for SR)."""
     task = get_task(task_name)
-    pairs = list(eval_pairs(task, Path(data), config.noise_seed))
-    restore = _baseline(task) if checkpoint is None else _model_runner(checkpoint, task, config)
+    images = benchmark_images(task, Path(data))
+    if checkpoint is None:
+        return evaluate_restorer(baseline_restorer(task), task, images, config)
+    model = load_model(checkpoint).to(pick_device(config.device))
+    return evaluate_restorer(model_restorer(model, task, config.tiles), task, images, config)
+
+
+def evaluate_restorer(
+    restore: Restorer,
+    task: Task,
+    images: list[BenchImage],
+    config: EvalConfig,
+    per_image: PerImage | None = None,
+) -> dict:
+    """The evaluation of ``restore`` on ``task``'s ``images`` of a benchmark folder
+    (:func:`benchmark_images`), as :func:`evaluate` reports it, the images read one at a time;
+    ``per_image(restore, pair, output)`` adds figures to each image's row (and so to the
+    means)."""
     rows = []
-    for pair in progress_bar(
-        pairs, desc=f"eval {task.name}", unit="image", enabled=config.progress
-    ):
-        rows.append({"name": pair.name, **score(restore(pair.input), pair.target, task)})
+    bar = progress_bar(images, desc=f"eval {task.name}", unit="image", enabled=config.progress)
+    for index, image in enumerate(bar):
+        pair = eval_pair(task, image, index, config.noise_seed)
+        output = restore(pair.input)
+        row = {"name": pair.name, **score(output, pair.target, task)}
+        rows.append(row | (per_image(restore, pair, output) if per_image else {}))
     means = {key: float(np.mean([row[key] for row in rows])) for key in rows[0] if key != "name"}
     return {"task": task.name, "images": rows, **means}
 
@@ -71,75 +119,44 @@ def score(output: np.ndarray, target: np.ndarray, task: Task) -> dict[str, float
     return scores
 
 
-def _model_runner(checkpoint, task: Task, config: EvalConfig):
-    model = load_model(checkpoint).to(pick_device(config.device))
+def model_restorer(model: torch.nn.Module, task: Task, tiles: TileConfig) -> TiledModel:
+    """``model``'s slot for ``task`` (a UserError where it has none), tiled as ``tiles`` with
+    tiles of the model's input size."""
     slot = slot_for_task(model.cfg, task)
-    tiles = replace(config.tiles, tile=model.cfg.patch_size)
-    return lambda image: restore_image(model, image, slot, task.scale, tiles)
+    return TiledModel(model, slot, task.scale, replace(tiles, tile=model.cfg.patch_size))
 
 
-def _baseline(task: Task):
+def baseline_restorer(task: Task) -> Restorer:
+    """The input row of the tables: the input itself, MATLAB-bicubic-upscaled for SR."""
     if task.scale == 1:
         return lambda image: image
     return lambda image: upscale(image, task.scale)
 
 
-def eval_pairs(task: Task, data: Path, noise_seed: int = 0) -> Iterator[EvalPair]:
-    """The (input, target) pairs of ``task`` on the benchmark folder ``data``."""
-    if not data.is_dir():
-        raise UserError(f"{data}: {'not a folder' if data.exists() else 'no such folder'}")
+def benchmark_images(task: Task, data: Path) -> list[BenchImage]:
+    """The images of ``task`` in the benchmark folder ``data`` (:mod:`ipt_data.benchsets`):
+    rain pairs for deraining, HR (with LR where published) for SR, clean images for
+    denoising. A bad layout, or a file that does not decode or is of the wrong size, is a
+    UserError here, before anything is evaluated."""
     if task.name == "derain":
-        yield from rain_pairs(data)
-        return
-    images = _images(data / "HR" if (data / "HR").is_dir() else data)
-    for index, path in enumerate(images):
-        clean = decode_image(read_bytes(path), str(path))
-        if task.scale > 1:
-            yield _sr_pair(data, path, clean, task.scale)
-        else:
-            sigma = task.corruption.sigma
-            rng = np.random.default_rng([noise_seed, index])
-            noisy = np.clip(clean + rng.normal(0.0, sigma, clean.shape), 0, 255)
-            yield EvalPair(path.stem, noisy, clean)
-
-
-def _sr_pair(data: Path, hr_path: Path, hr: np.ndarray, scale: int) -> EvalPair:
-    hr = mod_crop(hr, scale)
-    lr_path = data / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
-    if lr_path.is_file():
-        lr = decode_image(read_bytes(lr_path), str(lr_path))
-        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-            raise UserError(f"{lr_path}: {lr.shape[:2]} is not the HR size / {scale}")
+        images = rain_images(data)
     else:
-        lr = downscale(hr, scale)
-    return EvalPair(hr_path.stem, lr, hr)
-
-
-def rain_pairs(data: Path) -> Iterator[EvalPair]:
-    rainy = sorted(data.glob("rain-*.png"), key=lambda p: _number(p.stem))
-    if not rainy:
-        raise UserError(f"{data}: no rain-*.png here; expected Rain100L-style rain-N/norain-N")
-    for path in rainy:
-        clean_path = path.with_name(f"no{path.name}")
-        if not clean_path.is_file():
-            raise UserError(f"{path}: no clean partner {clean_path.name}")
-        rain = decode_image(read_bytes(path), str(path))
-        clean = decode_image(read_bytes(clean_path), str(clean_path))
-        if rain.shape != clean.shape:
-            raise UserError(f"{path}: size {rain.shape[:2]} differs from {clean_path.name}")
-        yield EvalPair(path.stem, rain, clean)
-
-
-def _number(stem: str) -> tuple[int, str]:
-    digits = re.findall(r"\d+", stem)
-    return (int(digits[-1]) if digits else -1, stem)
-
-
-def _images(folder: Path) -> list[Path]:
-    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
-    if not images:
-        raise UserError(f"{folder}: no images here")
+        images = sr_images(data, task.scale) if task.scale > 1 else clean_images(data)
+    check_images(images, task.scale)
     return images
+
+
+def eval_pair(task: Task, image: BenchImage, index: int, noise_seed: int = 0) -> EvalPair:
+    """The (input, target) pair of ``image``, the ``index``-th of its folder. A denoising input
+    is ``clip(clean + N(0, sigma^2), 0, 255)`` in float64, not rounded, the noise drawn from
+    ``default_rng([noise_seed, index])``."""
+    if task.scale > 1 or image.degraded is not None:
+        degraded, clean = read_pair(image, task.scale)
+        return EvalPair(image.name, degraded, clean)
+    clean = read_image(image.clean)
+    rng = np.random.default_rng([noise_seed, index])
+    noisy = np.clip(clean + rng.normal(0.0, task.corruption.sigma, clean.shape), 0, 255)
+    return EvalPair(image.name, noisy, clean)
 
 
 def format_table(report: dict) -> list[str]:

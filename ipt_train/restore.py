@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ipt_data.benchsets import image_files
 from ipt_data.decode import decode_image
 from ipt_data.errors import UserError
 from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
 from ipt_data.progress import progress_bar
-from ipt_data.sources import walk_sources
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.distributed import pick_device
@@ -31,11 +31,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """(image file, output path relative to the output folder) for files and folders."""
     jobs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            found = walk_sources(item).ids
-            if not found:
-                raise UserError(f"{item}: no image files in this folder")
-            jobs += [(item / image_id, Path(image_id).with_suffix(".png")) for image_id in found]
+        if item.is_dir():  # listed as every command lists a folder of images
+            found = image_files(item)
+            jobs += [(path, path.relative_to(item).with_suffix(".png")) for path in found]
         elif item.is_file():
             jobs.append((item, Path(item.stem + ".png")))
         else:

@@ -44,6 +44,7 @@ from ipt_train.losses import pretrain_loss
 from ipt_train.model import IPT
 from ipt_train.runlog import RunLog
 from ipt_train.schedule import TaskMix
+from ipt_train.sources import TrainingSource
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 ADAM_IMPLEMENTATIONS = {
@@ -249,7 +250,7 @@ def run_identity(**settings) -> dict:
 
 
 def stream_job(
-    model, mix, slot, source, loader: LoaderConfig, seed, env, identity, notes=None
+    model, mix, slot, source: TrainingSource, loader: LoaderConfig, seed, env, identity, notes=None
 ) -> Job:
     """A job reading ``source`` (a shard set or a folder source) through PretrainStream."""
 

@@ -13,13 +13,16 @@ import pytest
 import torch
 from test_train_support import build_train_shards, tiny_checkpoint
 
+from ipt_data.benchsets import image_files
 from ipt_data.errors import UserError
 from ipt_data.fileio import file_sha256
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
 from ipt_train.configs import EvalConfig, FinetuneConfig, LoaderConfig, TrainConfig
+from ipt_train.data import ShardSet
 from ipt_train.evaluate import evaluate
 from ipt_train.finetune import finetune, initial_model, starting_model
+from ipt_train.sources import CleanFolder, PairedFolder, TrainingSource
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
@@ -103,6 +106,24 @@ def test_finetune_from_shards_and_from_rain_pairs(
         )
     with pytest.raises(UserError, match="exactly one"):
         finetune(short_run(tmp_path / "x"), FinetuneConfig(str(pretrained), "derain"))
+
+
+def test_sources_are_training_sources_reading_folders_as_eval_does(
+    train_shards, tmp_path, sample_photos
+):
+    photos = train_shards.parent / "photos"
+    clean = CleanFolder(photos)
+    assert clean.names == [path.relative_to(photos).as_posix() for path in image_files(photos)]
+    for number, name in ((1, "astronaut"), (20, "coffee")):  # rain-001 pairs with norain-1
+        image = sample_photos[name][:60, :70]
+        cv2.imwrite(str(tmp_path / f"norain-{number}.png"), image[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / f"rain-{number:03d}.png"), (255 - image)[:, :, ::-1])
+    paired = PairedFolder(tmp_path)
+    report = evaluate(None, "derain", tmp_path, EvalConfig(progress=False))
+    assert paired.names == [row["name"] for row in report["images"]] == ["rain-001", "rain-020"]
+    assert np.array_equal(paired.pairs[1][1], sample_photos["coffee"][:60, :70])
+    for source in (ShardSet.open(train_shards), clean, paired):
+        assert isinstance(source, TrainingSource)
 
 
 def test_resume_refuses_an_init_checkpoint_whose_content_changed(
