@@ -28,7 +28,15 @@ from ipt_data.layout import (
     shard_name,
     stats_name,
 )
-from ipt_data.manifest import build_identity, differences, dump_json, images_line, make_manifest
+from ipt_data.manifest import (
+    build_identity,
+    differences,
+    dump_json,
+    images_line,
+    make_manifest,
+    png_encoder_of,
+)
+from ipt_data.png import encoder_identity
 from ipt_data.remote import (
     SetLocation,
     check_writable,
@@ -168,6 +176,7 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
     identity = json.loads(dump_json(identity))  # as it reads back: tuples become lists
     if file_size(location, PARAMS_NAME) is not None:
         earlier = _load_json(location, PARAMS_NAME)
+        _refuse_another_encoder(location, png_encoder_of(earlier), identity["png_encoder"])
         if earlier != identity:
             raise UserError(
                 f"{location.url} already holds a shard set built differently "
@@ -185,6 +194,18 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
     return False
 
 
+def _refuse_another_encoder(location: SetLocation, earlier: str, now: str) -> None:
+    """A set holds one encoder's PNGs (docs/png.md#determinism-and-pinning): refuse to continue
+    one written by another, naming both in full (the general difference line would shorten
+    them)."""
+    if earlier != now:
+        raise UserError(
+            f"{location.url} was written with PNG encoder {earlier!r}; this ipt-data writes "
+            f"{now!r}. A set holds one encoder's PNGs: build into another --out, or install the "
+            "encoder the set names to continue it"
+        )
+
+
 def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig) -> list[ChunkJob]:
     return [
         ChunkJob(
@@ -196,6 +217,7 @@ def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig)
             tasks=tuple(config.tasks),
             patches_per_image=config.patches_per_image,
             seed=config.seed,
+            png_encoder=encoder_identity(),
         )
         for index, chunk in enumerate(sources.chunks(config.images_per_shard))
     ]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from ipt_data import __version__
 from ipt_data.errors import UserError
 from ipt_data.layout import MANIFEST_NAME, ChunkStats
+from ipt_data.png import encoder_identity
 from ipt_data.remote import SetLocation, read_bytes
 from ipt_data.safety import check_manifest_entries
 from ipt_data.sources import SourceList
@@ -44,6 +45,7 @@ def build_identity(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
+        "png_encoder": encoder_identity(),
         "params": {
             "seed": seed,
             "patches_per_image": patches_per_image,
@@ -108,6 +110,16 @@ TASK_FIELDS = {
 }
 
 
+# What wrote the PNGs of a set whose manifest names no encoder (ipt-data before 0.2: OpenCV).
+UNRECORDED_ENCODER = "OpenCV PNG, zlib level 1 (written before ipt-data recorded its encoder)"
+
+
+def png_encoder_of(identity: dict) -> str:
+    """The PNG encoder a build identity or manifest records (:data:`UNRECORDED_ENCODER` if
+    none)."""
+    return identity.get("png_encoder", UNRECORDED_ENCODER)
+
+
 def _check_subset_of(subset: object, fail: Callable[[str], None]) -> None:
     """``subset_of`` (a subset copied by ``ipt-data pull --tasks/--shards``): the source's URL
     and manifest sha256, and the selection, a dict of ``tasks`` (a list of names or "all") and
@@ -169,6 +181,8 @@ def validate_manifest(manifest: object, where: str) -> None:
         fail("'images.skipped' holds a count that is not an int")
     if "subset_of" in manifest:
         _check_subset_of(manifest["subset_of"], fail)
+    if not isinstance(png_encoder_of(manifest), str):
+        fail("'png_encoder' is not a string")
     for name, task in manifest["tasks"].items():
         if not _TASK_NAME.match(name):
             fail(f"task name {name!r} is not letters, digits and underscores")

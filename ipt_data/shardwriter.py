@@ -2,7 +2,8 @@
 
 A shard's bytes depend only on the samples written to it, in order: every tar header field that
 tarfile would take from the clock or the user (mtime, uid, gid, user and group names, mode) is
-fixed, and PNGs are encoded with fixed settings. Members of a sample are written as
+fixed, and PNGs are encoded by :func:`ipt_data.png.encode_png`, whose bytes depend only on the
+pixels and its pinned encoder (docs/png.md). Members of a sample are written as
 ``<key>.input.png``, ``<key>.target.png``, ``<key>.json``, which is the WebDataset layout
 (the key is everything before the first dot, so keys contain none).
 
@@ -20,21 +21,10 @@ import json
 import tarfile
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
-from ipt_data.fileio import encode_image
 from ipt_data.remote import SetLocation, discard, open_write_partial, publish
 
 # 2000-01-01T00:00:00Z: a fixed, plausible member time (0 makes some tools warn).
 FIXED_MTIME = 946_684_800
-# zlib level 1: half the time of the default level 6 for 4% larger noisy patches, measured here.
-PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, 0)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """HxWx3 uint8 RGB -> PNG bytes, with the fixed settings every shard uses."""
-    return encode_image(image, ".png", PNG_PARAMS)
 
 
 def sample_json(fields: dict) -> bytes:

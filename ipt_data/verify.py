@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ipt_data.errors import UserError, printable
 from ipt_data.layout import BOOKKEEPING_FOLDERS, MANIFEST_NAME
-from ipt_data.manifest import images_line, read_set_manifest
+from ipt_data.manifest import images_line, png_encoder_of, read_set_manifest
 from ipt_data.progress import progress_bar
 from ipt_data.remote import SetLocation, open_set_location, read_shard, retried, storage_errors
 from ipt_data.safety import check_png_header
@@ -182,6 +182,7 @@ def describe_shard_set(shard_set: str | Path) -> list[str]:
         f"seed {params['seed']}, {params['patches_per_image']} patches per image, "
         f"{params['images_per_shard']} images per shard",
         f"source: {source['images']} images, fingerprint {source['fingerprint'][:16]}",
+        f"PNG encoder: {png_encoder_of(manifest)}",
         images_line(manifest),
         *_subset_lines(manifest),
         f"{'task':12s} {'input':>6s} {'target':>7s} {'samples':>10s} {'shards':>7s} "

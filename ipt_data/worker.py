@@ -25,9 +25,10 @@ from ipt_data.decode import decode_image
 from ipt_data.errors import UnreadableImage, UserError
 from ipt_data.layout import ChunkStats, shard_name, stats_name
 from ipt_data.patches import ImageTooSmall, cut_pairs
+from ipt_data.png import encode_png, encoder_identity
 from ipt_data.remote import SetLocation, open_location, write_bytes
 from ipt_data.seeding import image_rng
-from ipt_data.shardwriter import ShardWriter, encode_png, sample_json
+from ipt_data.shardwriter import ShardWriter, sample_json
 from ipt_data.tasks import Task
 
 _KEY_UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
@@ -45,6 +46,7 @@ class ChunkJob:
     tasks: tuple[Task, ...]  # the build's own task objects, whose parameters the manifest states
     patches_per_image: int
     seed: int
+    png_encoder: str  # the driver's encoder_identity(): every node must write the same bytes
 
 
 def sample_key(number: int, image_id: str, patch: int) -> str:
@@ -66,6 +68,11 @@ def process_chunk(
     ``report(images, pairs, skipped)`` is called after every image, for a live progress bar.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
+    if encoder_identity() != job.png_encoder:  # a node of a cluster with another deflate
+        raise UserError(
+            f"{job.out}: chunk {job.index}: this worker's PNG encoder is {encoder_identity()!r}, "
+            f"the build's is {job.png_encoder!r}; install the same on every node"
+        )
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
     tasks = list(job.tasks)
     stats = ChunkStats(chunk=job.index, too_small={task.name: 0 for task in tasks})

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ipt_data.errors import UserError
 from ipt_data.manifest import read_set_manifest
+from ipt_data.png import PngError, decode_png
 from ipt_data.remote import SetLocation, open_set_location, read_shard, storage_errors
 from ipt_data.tasks import Task
 from ipt_train.configs import LoaderConfig
@@ -170,14 +171,18 @@ def shuffled(samples: Iterator[dict], size: int, rng: np.random.Generator) -> It
 
 
 def decode_pair(sample: dict, task: Task) -> tuple[np.ndarray, np.ndarray]:
-    """(input 48x48x3, target 48s x 48s x 3) RGB uint8 from a raw sample's two PNGs."""
+    """(input 48x48x3, target 48s x 48s x 3) RGB uint8 from a raw sample's two PNGs
+    (:func:`ipt_data.png.decode_png`: the same pixels as OpenCV's decode, faster on our files)."""
     pair = []
     for member, side in (("input.png", 48), ("target.png", task.target_size)):
-        image = cv2.imdecode(np.frombuffer(sample[member], np.uint8), cv2.IMREAD_COLOR)
+        try:
+            image = decode_png(sample[member])
+        except PngError:
+            image = None
         if image is None or image.shape != (side, side, 3):
             where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
             raise UserError(f"{where}: {member} is not a {side}x{side} RGB PNG for {task.name}")
-        pair.append(image[:, :, ::-1])
+        pair.append(image)
     return pair[0], pair[1]
 
 

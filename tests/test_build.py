@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +23,14 @@ from ipt_data.decode import decode_image
 from ipt_data.distributor import RayConfig
 from ipt_data.errors import UserError
 from ipt_data.imresize import downscale
-from ipt_data.layout import stats_name
+from ipt_data.layout import PARAMS_NAME, stats_name
+from ipt_data.manifest import UNRECORDED_ENCODER
+from ipt_data.png import encoder_identity
 from ipt_data.rain import Rain
 from ipt_data.sources import open_sources, walk_sources
 from ipt_data.tasks import TASKS, Task
+from ipt_data.verify import describe_shard_set
+from ipt_data.worker import ChunkJob, process_chunk
 
 PATCHES = 3
 IMAGES_PER_SHARD = 4
@@ -236,6 +242,45 @@ def test_other_parameters_into_the_same_output_are_refused(built, tree, tmp_path
         build_shards(walk_sources(tree), foreign, _config(workers=2))
 
 
+def test_the_manifest_names_the_png_encoder_and_info_shows_it(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["png_encoder"] == encoder_identity()
+    assert manifest["png_encoder"].startswith("ipt-png 1 (Up filter, libdeflate level 1, deflate")
+    assert f"PNG encoder: {encoder_identity()}" in describe_shard_set(built)
+
+
+@pytest.mark.parametrize(
+    "earlier", ["ipt-png 1 (Up filter, libdeflate level 1, deflate 0.1)", None]
+)
+def test_a_set_written_with_another_png_encoder_is_not_continued(built, tree, tmp_path, earlier):
+    """Resuming (or re-running into) a set whose PNGs another encoder wrote would mix two
+    encoders' bytes in one set; the refusal names both, in full. A set from before the encoder
+    was recorded (no field) counts as OpenCV's."""
+    out = tmp_path / "set"
+    shutil.copytree(built, out)
+    params = json.loads((out / PARAMS_NAME).read_text())
+    if earlier is None:
+        del params["png_encoder"]
+    else:
+        params["png_encoder"] = earlier
+    (out / PARAMS_NAME).write_text(json.dumps(params))
+    before = shard_hashes(out)
+    named = re.escape(earlier or UNRECORDED_ENCODER)
+    ours = re.escape(encoder_identity())
+    message = f"written with PNG encoder '{named}'; this ipt-data writes '{ours}'"
+    with pytest.raises(UserError, match=message):
+        build_shards(walk_sources(tree), out, _config(workers=2))
+    assert shard_hashes(out) == before
+
+
+def test_a_worker_with_another_png_encoder_refuses_its_chunk(tree, tmp_path):
+    job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), str(tree), str(tmp_path / "o"),
+                   (TASKS["sr_x2"],), 2, 0, "ipt-png 1 (another libdeflate)")  # fmt: skip
+    with pytest.raises(UserError, match=r"this worker's PNG encoder is .*, the build's is "):
+        process_chunk(job)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -393,11 +438,14 @@ def test_a_chunk_that_cannot_write_its_shards_is_one_error_and_leaves_no_file(tr
 import resource, signal, sys
 from ipt_data.errors import UserError
 from ipt_data.tasks import TASKS
+from ipt_data.png import encoder_identity
 from ipt_data.worker import ChunkJob, process_chunk
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # let the write fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 tasks = (TASKS["sr_x4"],)
-job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], tasks, 8, 0)
+job = ChunkJob(
+    0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], tasks, 8, 0, encoder_identity()
+)
 try:
     process_chunk(job)
 except UserError as error:

@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from itertools import islice
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,7 @@ from ipt_train.configs import LoaderConfig
 from ipt_train.data import (
     PretrainStream,
     ShardSet,
+    decode_pair,
     make_loader,
     samples_from,
     shard_sequence,
@@ -189,3 +191,27 @@ def test_shard_set_at_a_url_streams_the_same_batches(train_shards):
     for a, b in zip(local, remote, strict=True):
         assert (a["step"], a["task"]) == (b["step"], b["task"])
         assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+
+
+def test_decode_pair_gives_opencvs_pixels_for_our_pngs_and_older_sets(train_shards):
+    """The loader decodes with ipt_data.png; its pixels are OpenCV's, for the PNGs the build
+    writes now and for those older sets hold (OpenCV's level-1 encoding, adaptive filters)."""
+    members = ("input.png", "target.png")
+
+    def opencv(data: bytes) -> np.ndarray:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    def older(rgb: np.ndarray) -> bytes:
+        return cv2.imencode(".png", rgb[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+
+    shard_set = ShardSet.open(train_shards)
+    for task in (TASKS["sr_x4"], TASKS["denoise_30"]):
+        counts = shard_set.counts(task)
+        for sample in islice(samples_from(shard_set, iter(counts), counts, 0), 4):
+            expected = [opencv(sample[member]) for member in members]
+            old_sample = {
+                **sample,
+                **{m: older(rgb) for m, rgb in zip(members, expected, strict=True)},
+            }
+            for decoded in (decode_pair(sample, task), decode_pair(old_sample, task)):
+                assert [a.tobytes() for a in decoded] == [e.tobytes() for e in expected]

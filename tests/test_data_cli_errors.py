@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from loopback_servers import BIN, http_server, tiny_set
 
 from ipt_data.cli import main
-from ipt_data.shardwriter import encode_png
+from ipt_data.png import encode_png
 
 IPT_DATA = str(BIN / "ipt-data")
 # Holds a shard-set folder the way a running build or transfer does, until its stdin closes.

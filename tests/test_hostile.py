@@ -23,6 +23,7 @@ from PIL import Image
 from ipt_data.cli import main
 from ipt_data.errors import UserError
 from ipt_data.manifest import read_set_manifest
+from ipt_data.png import encode_png
 from ipt_data.remote import open_location, read_shard
 from ipt_data.safety import (
     MAX_MEMBER_BYTES,
@@ -31,7 +32,6 @@ from ipt_data.safety import (
     refuse_foreign_members,
     scan_shard,
 )
-from ipt_data.shardwriter import encode_png
 from ipt_data.transfer import pull
 
 

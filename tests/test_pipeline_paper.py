@@ -17,9 +17,9 @@ from loopback_servers import free_port
 
 from ipt_data.decode import decode_image
 from ipt_data.fileio import read_bytes
+from ipt_data.png import encode_png
 from ipt_data.rain import Rain
 from ipt_data.sample import write_sample_tree
-from ipt_data.shardwriter import encode_png
 from ipt_train.checkpoint import load_model, load_weights_only
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,16 +30,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ipt_data.bench import one_core
 from ipt_data.build import BuildConfig, build_shards
 from ipt_data.decode import decode_image
 from ipt_data.distributor import RayConfig, ray_session
+from ipt_data.png import decode_png, encode_png
 from ipt_data.remote import open_location
 from ipt_data.sample import imagenet_like_jpegs
-from ipt_data.shardwriter import ShardWriter, encode_png
+from ipt_data.shardwriter import ShardWriter
 from ipt_data.sources import SourceList, walk_sources
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -105,12 +105,9 @@ def _decoded_samples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, byte
             members[member.name] = tar.extractfile(member).read()
     keys = list(dict.fromkeys(name.split(".", 1)[0] for name in members))  # in shard order
 
-    def rgb(name: str) -> np.ndarray:
-        bgr = cv2.imdecode(np.frombuffer(members[name], np.uint8), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
+    pixels = {name: decode_png(data) for name, data in members.items() if name.endswith(".png")}
     return [
-        (key, rgb(f"{key}.input.png"), rgb(f"{key}.target.png"), members[f"{key}.json"])
+        (key, pixels[f"{key}.input.png"], pixels[f"{key}.target.png"], members[f"{key}.json"])
         for key in keys
     ]
 

@@ -18,8 +18,8 @@ import numpy as np
 from ipt_data.bench import one_core
 from ipt_data.decode import decode_image
 from ipt_data.patches import cut_pairs
+from ipt_data.png import encode_png
 from ipt_data.sample import imagenet_like_jpegs
-from ipt_data.shardwriter import encode_png
 from ipt_data.tasks import TASKS
 
 
