@@ -43,13 +43,10 @@ import deflate
 import numpy as np
 from PIL import Image
 
+from ipt_data import TASKS, cut_pairs, decode_image, decode_png, encode_image, encode_png
 from ipt_data.bench import one_core
-from ipt_data.decode import decode_image
-from ipt_data.fileio import encode_image
-from ipt_data.patches import cut_pairs
-from ipt_data.png import assemble_png, decode_png, encode_png, encoder_identity, up_filtered
+from ipt_data.png import assemble_png, encoder_identity, up_filtered
 from ipt_data.sample import imagenet_like_jpegs
-from ipt_data.tasks import TASKS
 
 # The shard writer's settings before ipt_data.png: OpenCV (libpng) at zlib level 1, default
 # strategy, libpng's adaptive filters. The baseline every ratio is taken against.

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ipt_data.distributor import RayConfig, ray_session, run_chunks
+from ipt_data.configs import BuildConfig
+from ipt_data.distributor import ray_session, run_chunks
 from ipt_data.errors import UserError
 from ipt_data.layout import (
     MANIFEST_NAME,
@@ -52,33 +53,7 @@ from ipt_data.remote import (
     write_bytes,
 )
 from ipt_data.sources import SourceList
-from ipt_data.tasks import TASKS, Task
 from ipt_data.worker import ChunkJob
-
-# Shard bytes per image and task at 8 pairs, measured by `ipt-data bench --build` (record in
-# benchmarks/results/build_xeon2c_2026-11-27.md):
-# 82 kB (derain) .. 102 kB (denoise) .. 172 / 321 / 529 kB (sr_x2 / x3 / x4). 1000 images per
-# shard gives shards of 82-529 MB, 1282 shards per task for ImageNet-1k train.
-DEFAULT_IMAGES_PER_SHARD = 1000
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """What to build; the four fields before ``ray`` fix the shard set's bytes."""
-
-    tasks: tuple[Task, ...] = tuple(TASKS.values())
-    patches_per_image: int = 8
-    seed: int = 0
-    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
-    ray: RayConfig = field(default_factory=RayConfig)
-
-    def __post_init__(self) -> None:
-        if self.patches_per_image < 1:
-            raise UserError(f"--patches-per-image must be at least 1, got {self.patches_per_image}")
-        if self.images_per_shard < 1:
-            raise UserError(f"--images-per-shard must be at least 1, got {self.images_per_shard}")
-        if not self.tasks:
-            raise UserError("no task to build")
 
 
 @dataclass(frozen=True)

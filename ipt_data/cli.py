@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ipt_data import __version__
 from ipt_data.clickgroup import UserErrorGroup
+from ipt_data.configs import DEFAULT_JOBS, BuildConfig, RayConfig
 from ipt_data.errors import interrupted_then
+from ipt_data.version import __version__
 
 # What an interrupted build or transfer leaves, and how to go on (Error: interrupted; ...).
 CHUNKS_KEPT = "the chunks finished so far are kept, no manifest was written: rerun to resume"
@@ -62,10 +63,10 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
 )
 @click.option(
     "--patches",
-    default=8,
+    default=BuildConfig.patches_per_image,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Patches per image per task.",
+    help="Patches per image per task (the build's default).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: bool) -> None:
@@ -106,13 +107,20 @@ def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: b
     help="Shard set folder, or any writable fsspec URL (s3://bucket/prefix).",
 )
 @click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
-@click.option("--patches-per-image", default=8, show_default=True, help="Pairs per image per task.")
-@click.option("--seed", default=0, show_default=True, help="Seed of crops and corruptions.")
+@click.option(
+    "--patches-per-image",
+    default=BuildConfig.patches_per_image,
+    show_default=True,
+    help="Pairs per image per task.",
+)
+@click.option(
+    "--seed", default=BuildConfig.seed, show_default=True, help="Seed of crops and corruptions."
+)
 @click.option(
     "--images-per-shard",
-    type=int,
-    default=None,
-    help="Images per chunk (one shard per task); default ipt_data.build.DEFAULT_IMAGES_PER_SHARD.",
+    default=BuildConfig.images_per_shard,
+    show_default=True,
+    help="Images per chunk (one shard per task).",
 )
 @click.option("--limit", type=int, help="Only the first N images (in sorted order).")
 @click.option("--workers", type=int, help="Tasks at once [default: all cores / cluster CPUs].")
@@ -125,21 +133,14 @@ def build(
     tasks: str,
     patches_per_image: int,
     seed: int,
-    images_per_shard: int | None,
+    images_per_shard: int,
     limit: int | None,
     workers: int | None,
     address: str | None,
     no_progress: bool,
 ) -> None:
     """Build (or resume) a WebDataset shard set of the IPT tasks from an image folder."""
-    from ipt_data.build import (
-        DEFAULT_IMAGES_PER_SHARD,
-        BuildConfig,
-        build_shards,
-        check_every_task_has_samples,
-        summary_lines,
-    )
-    from ipt_data.distributor import RayConfig
+    from ipt_data.build import build_shards, check_every_task_has_samples, summary_lines
     from ipt_data.sources import open_sources
     from ipt_data.tasks import parse_tasks
 
@@ -147,7 +148,7 @@ def build(
         tasks=tuple(parse_tasks(tasks)),
         patches_per_image=patches_per_image,
         seed=seed,
-        images_per_shard=DEFAULT_IMAGES_PER_SHARD if images_per_shard is None else images_per_shard,
+        images_per_shard=images_per_shard,
         ray=RayConfig(workers=workers, address=address, progress=not no_progress),
     )
     with interrupted_then(CHUNKS_KEPT):
@@ -190,7 +191,13 @@ _SUBSET_OPTIONS = (
     click.option("--tasks", help="Only these tasks (comma-separated) [default: all]."),
     click.option("--shards", help="Only this slice of each task's shards, e.g. 0:100."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
-    click.option("--jobs", type=click.IntRange(min=1), help="Shards copied at once [default: 8]."),
+    click.option(
+        "--jobs",
+        default=DEFAULT_JOBS,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Shards copied at once.",
+    ),
 )
 
 
@@ -205,17 +212,15 @@ def _subset_options(command):
 @click.argument("dest", type=click.Path(file_okay=False))
 @_subset_options
 def pull(
-    url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int | None
+    url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int
 ) -> None:
     """Copy the shard set at URL (http(s)://, s3://, any fsspec URL or a folder) into DEST,
     verifying every shard; rerun to resume."""
-    from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import pull as pull_set
+    from ipt_data.transfer import summary_line
 
     with interrupted_then(SHARDS_KEPT):
-        result = pull_set(
-            url, dest, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS
-        )
+        result = pull_set(url, dest, tasks, shards, progress=not no_progress, jobs=jobs)
     click.echo(summary_line(result))
 
 
@@ -224,17 +229,15 @@ def pull(
 @click.argument("url")
 @_subset_options
 def push(
-    src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int | None
+    src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int
 ) -> None:
     """Copy the shard set in the folder SRC to URL (s3://…, any writable fsspec URL or a
     folder), verifying every shard; rerun to resume."""
-    from ipt_data.transfer import DEFAULT_JOBS, summary_line
     from ipt_data.transfer import push as push_set
+    from ipt_data.transfer import summary_line
 
     with interrupted_then(SHARDS_KEPT):
-        result = push_set(
-            src, url, tasks, shards, progress=not no_progress, jobs=jobs or DEFAULT_JOBS
-        )
+        result = push_set(src, url, tasks, shards, progress=not no_progress, jobs=jobs)
     click.echo(summary_line(result))
 
 

@@ -18,10 +18,10 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from ipt_data.configs import RayConfig
 from ipt_data.errors import UserError
 from ipt_data.layout import ChunkStats
 from ipt_data.progress import progress_bar
@@ -30,19 +30,6 @@ from ipt_data.worker import ChunkJob, process_chunk
 # The object store only carries small stats back; Ray's default (30% of RAM) would be wasted.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 PROGRESS_SECONDS = 0.5  # how often the bar asks the running chunks how far they are
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    # Tasks at once; default: this machine's cores (local) or the cluster's CPUs (--address).
-    workers: int | None = None
-    address: str | None = None  # join this Ray cluster instead of starting a local instance
-    retries: int = 2  # extra attempts of a failed or crashed task
-    progress: bool = True  # bar on stderr (live on a terminal, a line per 30 s in a log)
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {self.workers}")
 
 
 class BuildFailed(UserError):

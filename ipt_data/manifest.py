@@ -19,7 +19,6 @@ import json
 import re
 from collections.abc import Callable
 
-from ipt_data import __version__
 from ipt_data.errors import UserError
 from ipt_data.layout import MANIFEST_NAME, ChunkStats
 from ipt_data.png import encoder_identity
@@ -27,6 +26,7 @@ from ipt_data.remote import SetLocation, read_bytes
 from ipt_data.safety import check_manifest_entries
 from ipt_data.sources import SourceList
 from ipt_data.tasks import INPUT_SIZE, Task
+from ipt_data.version import __version__
 
 FORMAT = "ipt-data shard set"
 FORMAT_VERSION = 1

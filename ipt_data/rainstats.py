@@ -168,7 +168,7 @@ def synthesized_pairs(
 
 
 def rain_statistics(
-    folder: str | Path, pairs: bool = False, heavy: bool = False, seed: int = 0, draws: int = 1
+    folder: str | Path, *, pairs: bool, heavy: bool, seed: int, draws: int
 ) -> dict[str, float]:
     """Summary figures of the real ``rain-N`` / ``norain-N`` pairs under ``folder``
     (``pairs``; :func:`ipt_data.benchsets.rain_images`, the pairs ``ipt-train eval`` reads), or

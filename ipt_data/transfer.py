@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipt_data.configs import DEFAULT_JOBS
 from ipt_data.errors import UserError, printable
 from ipt_data.fileio import file_sha256
 from ipt_data.layout import MANIFEST_NAME, MARKER, TRANSFER_FOLDER
@@ -53,11 +54,6 @@ from ipt_data.remote import (
     storage_errors,
     write_bytes,
 )
-
-# Shards copied at once. Measured with benchmarks/transfer.py (50 ms per request; record in
-# benchmarks/results/transfer_xeon2c_2026-11-27.md):
-# the pull time falls about in proportion up to here; threads mostly wait, so 2 cores suffice.
-DEFAULT_JOBS = 8
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipt_data.metrics import rgb_to_y
-from ipt_data.tasks import get_task
+from ipt_data import get_task, rgb_to_y
 from ipt_train.checkpoint import load_model
 from ipt_train.configs import EvalConfig
 from ipt_train.distributed import pick_device

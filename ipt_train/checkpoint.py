@@ -24,9 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_data.errors import UserError
-from ipt_data.fileio import write_bytes_atomic
-from ipt_data.tasks import Task
+from ipt_data import Task, UserError, write_bytes_atomic
 from ipt_train.model import IPT, PRETRAIN_SCALES, IPTConfig
 
 # Attention heads of a model read from a file that does not record them (a plain state_dict):

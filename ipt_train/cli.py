@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ipt_data import __version__
-from ipt_data.clickgroup import UserErrorGroup
+from ipt_data import UserErrorGroup, __version__
 from ipt_train.configs import (
     AMPS,
     BenchConfig,
@@ -116,7 +115,7 @@ def bench(**options):
 def convert(source, out, task_name, into, num_heads):
     """Write SOURCE (official or ours) in the official layout: a plain state_dict, optionally
     one task's slot only, or a single-task model put back into a multi-task one."""
-    from ipt_data.tasks import get_task
+    from ipt_data import get_task
     from ipt_train.checkpoint import convert_checkpoint
 
     task = get_task(task_name) if task_name else None
@@ -244,7 +243,7 @@ def evaluate(ckpt, baseline, task_name, data, seed, device, as_json, **options):
     """PSNR/SSIM of a checkpoint's TASK on a benchmark folder, per image and mean."""
     import json
 
-    from ipt_data.errors import UserError
+    from ipt_data import UserError
     from ipt_train.evaluate import evaluate, format_table
 
     if bool(ckpt) == baseline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 from ipt_train.schedule import LRSchedule
 from ipt_train.tilegrid import TileConfig
 

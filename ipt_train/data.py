@@ -37,11 +37,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ipt_data.errors import UserError
-from ipt_data.manifest import read_set_manifest
-from ipt_data.png import PngError, decode_png
-from ipt_data.remote import SetLocation, open_set_location, read_shard, storage_errors
-from ipt_data.tasks import Task
+from ipt_data import (
+    PngError,
+    SetLocation,
+    Task,
+    UserError,
+    decode_png,
+    open_set_location,
+    read_set_manifest,
+    read_shard,
+    storage_errors,
+)
 from ipt_train.configs import LoaderConfig
 from ipt_train.schedule import TaskMix
 

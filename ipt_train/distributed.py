@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 
 BUCKET_ELEMENTS = 1 << 24  # gradients reduced per all-reduce call (64 MB of float32)
 

@@ -25,19 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipt_data.benchsets import (
+from ipt_data import (
     BenchImage,
+    Task,
     check_images,
     clean_images,
+    get_task,
+    progress_bar,
+    psnr_rgb,
+    psnr_y,
     rain_images,
     read_image,
     read_pair,
     sr_images,
+    ssim_rgb,
+    ssim_y,
+    upscale,
 )
-from ipt_data.imresize import upscale
-from ipt_data.metrics import psnr_rgb, psnr_y, ssim_rgb, ssim_y
-from ipt_data.progress import progress_bar
-from ipt_data.tasks import Task, get_task
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.configs import EvalConfig
 from ipt_train.distributed import pick_device

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_data.errors import UserError
-from ipt_data.fileio import file_sha256
-from ipt_data.tasks import Task, get_task
+from ipt_data import Task, UserError, file_sha256, get_task
 from ipt_train.checkpoint import build_model, read_checkpoint, to_single_task
 from ipt_train.configs import FinetuneConfig, TrainConfig
 from ipt_train.data import ShardSet

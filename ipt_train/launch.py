@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 
 # Commands that run under torchrun; the others (eval, restore, bench, ...) are one process.
 DISTRIBUTED_COMMANDS = ("pretrain", "finetune")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 from ipt_train.model import IPTConfig
 
 

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ipt_data.decode import decode_image
-from ipt_data.errors import UserError
-from ipt_data.fileio import read_bytes, write_bytes_atomic
-from ipt_data.imresize import downscale, mod_crop, upscale
-from ipt_data.metrics import psnr_y, ssim_y
-from ipt_data.tasks import get_task
+from ipt_data import (
+    UserError,
+    decode_image,
+    downscale,
+    get_task,
+    mod_crop,
+    psnr_y,
+    read_bytes,
+    ssim_y,
+    upscale,
+    write_bytes_atomic,
+)
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.restore import restore_image
 from ipt_train.tilegrid import TileConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ipt_data.tasks import TASKS, parse_tasks
+from ipt_data import TASKS, parse_tasks
 from ipt_train.configs import PretrainConfig, TrainConfig
 from ipt_train.data import ShardSet
 from ipt_train.distributed import distributed, thread_budget

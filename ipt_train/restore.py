@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipt_data.benchsets import image_files
-from ipt_data.decode import decode_image
-from ipt_data.errors import UserError
-from ipt_data.fileio import encode_image, read_bytes, write_bytes_atomic
-from ipt_data.progress import progress_bar
-from ipt_data.tasks import get_task
+from ipt_data import (
+    UserError,
+    decode_image,
+    encode_image,
+    get_task,
+    image_files,
+    progress_bar,
+    read_bytes,
+    write_bytes_atomic,
+)
 from ipt_train.checkpoint import load_model, slot_for_task
 from ipt_train.distributed import pick_device
 from ipt_train.tilegrid import TileConfig

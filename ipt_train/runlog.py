@@ -6,7 +6,7 @@ import csv
 import time
 from pathlib import Path
 
-from ipt_data.progress import progress_bar
+from ipt_data import progress_bar
 from ipt_train.configs import TrainConfig
 
 LOG_FIELDS = (

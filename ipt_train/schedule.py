@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipt_data.errors import UserError
-from ipt_data.tasks import Task
+from ipt_data import Task, UserError
 
 
 @dataclass(frozen=True)

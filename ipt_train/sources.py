@@ -20,10 +20,17 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ipt_data.benchsets import image_files, rain_images, read_image, read_pair
-from ipt_data.errors import UserError
-from ipt_data.patches import ImageTooSmall, cut_pairs
-from ipt_data.tasks import INPUT_SIZE, Task
+from ipt_data import (
+    INPUT_SIZE,
+    ImageTooSmall,
+    Task,
+    UserError,
+    cut_pairs,
+    image_files,
+    rain_images,
+    read_image,
+    read_pair,
+)
 from ipt_train.configs import LoaderConfig
 from ipt_train.data import PairBatcher, fingerprint, shard_sequence, shuffled
 

@@ -23,12 +23,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ipt_data.benchsets import BenchImage
-from ipt_data.errors import UserError
-from ipt_data.fileio import file_in_the_way, write_bytes_atomic
-from ipt_data.noise import GaussianNoise
-from ipt_data.progress import progress_bar
-from ipt_data.tasks import TASKS, Task
+from ipt_data import (
+    TASKS,
+    BenchImage,
+    GaussianNoise,
+    Task,
+    UserError,
+    file_in_the_way,
+    progress_bar,
+    write_bytes_atomic,
+)
 from ipt_train.checkpoint import load_model
 from ipt_train.configs import EvalConfig, TablesConfig
 from ipt_train.distributed import pick_device

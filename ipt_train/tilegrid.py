@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 
 BLENDS = ("uniform", "distance", "official")
 

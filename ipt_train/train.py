@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 from ipt_train.checkpoint import PLAIN_NUM_HEADS, export_official
 from ipt_train.configs import LoaderConfig, TrainConfig
 from ipt_train.data import PretrainStream, check_unit, make_loader

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 from ipt_train.checkpoint import build_model, load_weights_only, save_checkpoint
 from ipt_train.model import IPT
 

@@ -145,7 +145,7 @@ def _best_runs(sources: SourceList, scratch: Path, patches: int, per_shard: int)
     return {name: min(results, key=lambda run: run[0]) for name, results in runs.items()}
 
 
-def benchmark_build(images: int = 100, patches: int = 8) -> dict[str, float]:
+def benchmark_build(images: int, patches: int) -> dict[str, float]:
     """Measure the build against its floor and across worker counts; see the module docstring."""
     per_shard = max(1, images // 10)
     figures: dict[str, float] = {"images": images, "patches_per_image": patches}

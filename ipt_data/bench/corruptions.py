@@ -56,7 +56,7 @@ def _stage_times(jpeg: bytes, patches: int, repeats: int) -> dict[str, float]:
     return times
 
 
-def benchmark_corruptions(patches: int = 8, repeats: int = 5) -> dict[str, float]:
+def benchmark_corruptions(patches: int, repeats: int = 5) -> dict[str, float]:
     """Median over the sample images of each stage's ms per image, on one core, plus ratios."""
     with one_core():
         per_image = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ipt_data.tasks import Task
+from ipt_data import Task
 from ipt_train.configs import LoaderConfig
 from ipt_train.data import ShardSet
 

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ipt_data.errors import UserError
-from ipt_data.tasks import Task, get_task
+from ipt_data import Task, UserError, get_task
 from ipt_train.configs import BenchConfig
 from ipt_train.distributed import pick_device, synchronize
 from ipt_train.model import IPT, IPTConfig, preset_config

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ipt_data.errors import UserError
+from ipt_data import UserError
 
 # Slot order of the official 6-task checkpoint: sr_x2, sr_x3, sr_x4, derain, denoise_30, denoise_50.
 PRETRAIN_SCALES = (2, 3, 4, 1, 1, 1)
