@@ -121,6 +121,22 @@ def test_no_import_cycle_among_the_project_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+# ipt_data's layers, as CONTRIBUTING.md lists them (modules not listed sit around them all).
+LAYERS = (
+    "tasks sources decode imresize superres noise rain seeding patches metrics png safety",
+    "benchsets rainstats",
+    "layout manifest remote transfer verify",
+    "worker shardwriter distributor build",
+)
+
+
+def test_no_ipt_data_layer_imports_a_later_one():
+    layer = {f"ipt_data.{m}": i for i, names in enumerate(LAYERS) for m in names.split()}
+    graph = import_graph()
+    upward = [(m, d) for m in layer for d in graph[m] if layer.get(d, -1) > layer[m]]
+    assert upward == []
+
+
 def test_ipt_data_imports_neither_ipt_train_nor_torch():
     """From the source (any import, wherever it stands), and in a fresh interpreter that imports
     every module of ipt_data."""
