@@ -144,12 +144,6 @@ def read_samples(stream: IO[bytes], shard: str) -> Iterator[dict]:
         yield check_sample(sample)
 
 
-def scan_shard(stream: IO[bytes], shard: str) -> int:
-    """Check a whole tar shard with :func:`read_samples` (nothing is decoded); returns its
-    sample count."""
-    return sum(1 for _ in read_samples(stream, shard))
-
-
 def check_sample(sample: dict) -> dict:
     """``sample`` (raw, undecoded) if it holds exactly ``input.png``, ``target.png`` and
     ``json`` and its PNG headers are within :data:`MAX_PNG_SIDE`; else a UserError."""

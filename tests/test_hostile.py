@@ -29,8 +29,8 @@ from ipt_data.safety import (
     MAX_MEMBER_BYTES,
     MAX_PNG_SIDE,
     check_png_header,
+    read_samples,
     refuse_foreign_members,
-    scan_shard,
 )
 from ipt_data.transfer import pull
 
@@ -218,7 +218,7 @@ def test_foreign_members_are_refused_without_reading_them(shard_set, tmp_path, f
     assert not (tmp_path / "work" / "dest" / "manifest.json").exists()
     assert not marker.exists() and not Path("/tmp/k1.json").exists()
     with pytest.raises(UserError, match="refused"):
-        scan_shard(io.BytesIO(shard), "evil.tar")
+        list(read_samples(io.BytesIO(shard), "evil.tar"))
     with pytest.raises(UserError, match="refused"):  # the one shard stream (the loader's too)
         list(read_shard(open_location(site), entry("sr_x2/evil.tar", shard, 1)))
     assert not marker.exists()
