@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_eval import write_png
 
 from ipt_data.benchsets import clean_images, read_pair, sr_images
 from ipt_data.cli import main as data_main
 from ipt_data.errors import UserError
 from ipt_train.cli import main as train_main
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), rgb[:, :, ::-1])
 
 
 @pytest.fixture(scope="module")

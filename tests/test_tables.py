@@ -9,10 +9,10 @@ import re
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_eval import write_png
 from test_train_support import tiny_checkpoint
 
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
@@ -24,11 +24,6 @@ from ipt_train.tables import format_tables, run_tables
 
 QUIET = EvalConfig(progress=False)
 PUBLISHED_SET5_BICUBIC = {"sr_x2": 33.66, "sr_x3": 30.39, "sr_x4": 28.42}
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), rgb[:, :, ::-1])
 
 
 @pytest.fixture(scope="module")
