@@ -176,9 +176,9 @@ def plot_curves(
     """``OUT/plots/<task>.png`` per task: Y-PSNR against fine-tuning steps, one curve per arm
     (scratch and ``main``), the input as a dashed line, and on ``ablation_task``'s plot each arm
     of ``ablate`` as one marker at the last step count. Returns the paths."""
-    from ipt_train.plot import _png, _pyplot  # matplotlib (and torch) only for the plots
+    from ipt_train.plot import figure_png, pyplot  # matplotlib (and torch) only for the plots
 
-    plt, out = _pyplot(), Path(out)
+    plt, out = pyplot(), Path(out)
     paths = []
     for task, evaluated_on in tasks.items():
         figure, axis = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
@@ -194,7 +194,7 @@ def plot_curves(
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         path = out / "plots" / f"{task}.png"
-        write_bytes_atomic(path, _png(figure))
+        write_bytes_atomic(path, figure_png(figure))
         paths.append(path)
     return paths
 

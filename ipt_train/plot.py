@@ -64,7 +64,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20) -> Path:
     """Per-task L1 and SupCon against the step (raw, faint; smoothed, solid) -> ``RUN/loss.png``."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = read_log(run)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     plotted = ("l1", "supcon") if any(float(row["supcon"]) for row in rows) else ("l1",)
@@ -89,7 +89,7 @@ def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20
         f"{window} steps"
     )
     out = Path(out) if out else Path(run) / "loss.png"
-    write_bytes_atomic(out, _png(figure))
+    write_bytes_atomic(out, figure_png(figure))
     return out
 
 
@@ -132,7 +132,7 @@ PANEL_GAP, TITLE_HEIGHT, TITLE_POINTS = 8, 34, 9  # pixels, pixels (two lines), 
 def render_panels(rows: list[list[tuple[np.ndarray, str]]]) -> bytes:
     """PNG bytes of titled panels, one list per row, each image drawn at its own pixels (no
     resampling: an SR comparison must not be smoothed by the figure)."""
-    plt = _pyplot()
+    plt = pyplot()
     width = max(
         sum(image.shape[1] for image, _ in row) + PANEL_GAP * (len(row) - 1) for row in rows
     )
@@ -151,10 +151,10 @@ def render_panels(rows: list[list[tuple[np.ndarray, str]]]) -> bytes:
             axis.set_title(title, fontsize=TITLE_POINTS, pad=4, loc="left")
             left += w + PANEL_GAP
         top -= height + PANEL_GAP
-    return _png(figure)
+    return figure_png(figure)
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display is needed or opened)."""
     import matplotlib
 
@@ -164,9 +164,9 @@ def _pyplot():
     return plt
 
 
-def _png(figure) -> bytes:
+def figure_png(figure) -> bytes:
     """The figure as PNG bytes at 100 dpi (one figure inch = 100 pixels); the figure is closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
