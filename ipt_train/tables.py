@@ -125,11 +125,15 @@ def plan_tables(
     check_json_path(config.json)
     bench = Path(config.bench)
     sets = present_sets(bench, config.sets)
-    plan = [
-        Planned(cell, benchmark_images(cell.task, bench / cell.set_name), None)
-        for cell in CELLS
-        if cell.set_name in sets
-    ]
+    checked: dict[tuple, list[BenchImage]] = {}  # a set's four noise cells read one list
+
+    def images(cell: Cell) -> list[BenchImage]:
+        folder = (cell.set_name, cell.task.scale, cell.task.name == "derain")
+        if folder not in checked:  # checking decodes every file: once per set and reading
+            checked[folder] = benchmark_images(cell.task, bench / cell.set_name)
+        return checked[folder]
+
+    plan = [Planned(cell, images(cell), None) for cell in CELLS if cell.set_name in sets]
     if not config.baseline:
         plan = [replace(p, checkpoint=checkpoint_of(p.cell.task, config, named)) for p in plan]
     absent = [name for name in SETS if name not in sets]
