@@ -35,22 +35,29 @@ def cut_pairs(image: np.ndarray, task: Task, rng: np.random.Generator, n: int) -
             f"{target_side}x{target_side} target crop"
         )
     # Positions on the input grid; the target starts at scale times the input position.
-    tops = rng.integers(0, height // scale - INPUT_SIZE + 1, size=n)
-    lefts = rng.integers(0, width // scale - INPUT_SIZE + 1, size=n)
-    corrupted = None
-    if not task.corruption.pointwise:
-        cropped = image[: height - height % scale, : width - width % scale]
-        corrupted = task.corruption(cropped, rng)  # (H/s)x(W/s)x3
-    pairs = []
-    for top, left in zip(tops.tolist(), lefts.tolist(), strict=True):
-        box = (top * scale, left * scale, target_side, target_side)
-        target = image[box[0] : box[0] + target_side, box[1] : box[1] + target_side]
-        if corrupted is None:  # pointwise: corrupt the clean patch itself
-            patch = task.corruption(target, rng)
-        else:
-            patch = corrupted[top : top + INPUT_SIZE, left : left + INPUT_SIZE]
-        pairs.append(PatchPair(np.ascontiguousarray(patch), np.ascontiguousarray(target), box))
-    return pairs
+    tops = rng.integers(0, height // scale - INPUT_SIZE + 1, size=n).tolist()
+    lefts = rng.integers(0, width // scale - INPUT_SIZE + 1, size=n).tolist()
+    boxes = [
+        (top * scale, left * scale, target_side, target_side)
+        for top, left in zip(tops, lefts, strict=True)
+    ]
+    if not boxes:
+        return []
+    # [n, 48s, 48s, 3]: one copy of the n target crops (each pair gets a contiguous slice)
+    targets = np.stack(
+        [image[top : top + side, left : left + side] for top, left, side, _ in boxes]
+    )
+    if task.corruption.pointwise:  # corrupt the clean crops themselves, all in one call
+        inputs = task.corruption(targets, rng)
+    else:
+        corrupted = task.corruption(image[: height - height % scale, : width - width % scale], rng)
+        inputs = np.stack(
+            [
+                corrupted[top : top + INPUT_SIZE, left : left + INPUT_SIZE]
+                for top, left in zip(tops, lefts, strict=True)
+            ]
+        )  # [n, 48, 48, 3]
+    return [PatchPair(inputs[i], targets[i], box) for i, box in enumerate(boxes)]
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -114,10 +114,14 @@ def member_header(name: str, size: int) -> bytes:
     tarfile, which adds a PAX extended header for it; either way the bytes are tarfile's."""
     if not name.isascii() or len(name) > _USTAR_NAME_BYTES or size >= _USTAR_SIZE_LIMIT:
         return _tarfile_header(name, size)
+    encoded, size_field = name.encode("ascii"), b"%011o\0" % size
     header = bytearray(_HEADER_TEMPLATE)
-    header[0 : len(name)] = name.encode("ascii")
-    header[124:136] = b"%011o\0" % size
-    header[148:155] = b"%06o\0" % sum(header)  # the checksum field counts as 8 spaces
+    header[0 : len(encoded)] = encoded
+    header[124:136] = size_field
+    # The checksum is the sum of all 512 bytes (its own field as 8 spaces): the template's, less
+    # its size field (its name field is zero bytes), plus the two fields filled in. Summing the
+    # whole header each time was a fifth of the tar stage.
+    header[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(encoded) + sum(size_field))
     return bytes(header)
 
 
@@ -144,3 +148,4 @@ _USTAR_SIZE_LIMIT = 8**11  # the size field holds 11 octal digits
 # tarfile's header for an empty name of size 0, its checksum field blank (8 spaces): the fixed
 # fields once, name, size and checksum filled in per member.
 _HEADER_TEMPLATE = bytes(_tarfile_header("", 0)[:148] + b" " * 8 + _tarfile_header("", 0)[156:])
+_TEMPLATE_SUM = sum(_HEADER_TEMPLATE) - sum(_HEADER_TEMPLATE[124:136])  # without the size field

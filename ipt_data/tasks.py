@@ -30,7 +30,9 @@ class Corruption(Protocol):
     @property
     def pointwise(self) -> bool:
         """True when each output pixel depends on its own input pixel only, so the corruption
-        may be applied to a cut patch instead of the whole image."""
+        may be applied to cut patches instead of the whole image. Such a corruption accepts
+        any shape and draws from ``rng`` in element order, so corrupting the [n, h, w, 3] stack
+        of n patches gives what corrupting each patch in turn would."""
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HxWx3 uint8 clean image -> (H/scale)x(W/scale)x3 uint8 corrupted image."""

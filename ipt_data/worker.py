@@ -162,12 +162,13 @@ def _write_pairs(
     except ImageTooSmall:
         stats.too_small[task.name] += 1
         return 0
+    task_params = task.params()
     for patch, pair in enumerate(pairs):
         metadata = {
             "source": image_id,
             "image_size": list(image.shape[:2]),
             "box": list(pair.box),
-            "task": task.params(),
+            "task": task_params,
             "seed": job.seed,
             "image_seed": seed64,
             "patch": patch,

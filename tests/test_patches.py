@@ -70,6 +70,19 @@ def test_noise_statistics_and_clipping(sample_photos):
     assert dark.min() == 0 and (dark == 0).mean() > 0.45  # clipped, not wrapped
 
 
+def test_noise_on_stacked_crops_is_the_noise_each_crop_gets_in_turn(sample_photos):
+    # cut_pairs corrupts a pointwise task's n crops in one call; that must draw exactly what n
+    # calls, one per crop, would (the Corruption protocol's promise for pointwise corruptions).
+    image = sample_photos["chelsea"]
+    crops = np.stack([image[0:48, 0:48], image[100:148, 30:78], image[5:53, 200:248]])
+    for sigma in (30.0, 50.0):
+        stacked = GaussianNoise(sigma)(crops, np.random.default_rng(11))
+        in_turn_rng = np.random.default_rng(11)
+        in_turn = [GaussianNoise(sigma)(crop, in_turn_rng) for crop in crops]
+        np.testing.assert_array_equal(stacked, np.stack(in_turn))
+        assert not np.array_equal(stacked, crops)
+
+
 def test_same_seed_same_pairs_other_image_other_pairs(sample_photos):
     image, task = sample_photos["rocket"], TASKS["denoise_50"]
     first = cut_pairs(image, task, image_rng(7, "a/rocket.JPEG", task.name)[0], 3)
