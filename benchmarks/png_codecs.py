@@ -20,8 +20,9 @@ hits all codecs alike; compare ratios across machines rather than milliseconds.
 
 ``--candidates`` adds codecs from packages that are not the project's dependencies, each
 written with the PNG framing of ``ipt_data.png`` (``isal``: ISA-L level 1, Up and Sub filters;
-``zlib-ng``: level 1, Up; ``fpng``: its own encoder; ``pyspng``: a decoder). Install them first
-(``pip install isal zlib-ng fpng pyspng``); a named candidate that cannot be imported is an error.
+``zlib-ng``: level 1, Up, with the default strategy, run-lengths only and Huffman codes only;
+``fpng``: its own encoder; ``pyspng``: a decoder). Install them first (``pip install isal
+zlib-ng fpng pyspng``); a named candidate that cannot be imported is an error.
 """
 
 from __future__ import annotations
@@ -146,11 +147,21 @@ def codecs(candidates: list[str]) -> tuple[dict[str, Encode], dict[str, Decode],
         elif name == "zlib-ng":
             compress = functools.partial(module.zlib_ng.compress, level=1)
             encoders["Up + zlib-ng 1"] = png_writer(up_filtered, compress)
+            for strategy in ("Z_RLE", "Z_HUFFMAN_ONLY"):
+                compress = functools.partial(_compress_with_strategy, module.zlib_ng, strategy)
+                encoders[f"Up + zlib-ng 1, {strategy}"] = png_writer(up_filtered, compress)
         elif name == "fpng":
             encoders["fpng"] = module.from_ndarray
         else:
             decoders["pyspng.load"] = module.load
     return encoders, decoders, versions
+
+
+def _compress_with_strategy(library, strategy: str, data: np.ndarray) -> bytes:
+    """A zlib stream at level 1 with a zlib strategy: run-lengths only (matches at distance
+    one, what OpenCV's default PNG setting uses) or Huffman codes only (no matches)."""
+    compressor = library.compressobj(1, library.DEFLATED, 15, 9, getattr(library, strategy))
+    return compressor.compress(data) + compressor.flush()
 
 
 def _import_candidate(name: str):

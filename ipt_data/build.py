@@ -96,7 +96,12 @@ def _check_outside_the_source(sources: SourceList, location: SetLocation) -> Non
 
 def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> BuildResult:
     identity = build_identity(
-        list(config.tasks), config.patches_per_image, config.seed, config.images_per_shard, sources
+        list(config.tasks),
+        config.patches_per_image,
+        config.seed,
+        config.images_per_shard,
+        sources,
+        config.png_encoder,
     )
     start = time.perf_counter()
     claim_output(location, identity, check_only=True)
@@ -192,7 +197,8 @@ def _chunk_jobs(sources: SourceList, location: SetLocation, config: BuildConfig)
             tasks=tuple(config.tasks),
             patches_per_image=config.patches_per_image,
             seed=config.seed,
-            png_encoder=encoder_identity(),
+            png_encoder=config.png_encoder,
+            png_identity=encoder_identity(config.png_encoder),
         )
         for index, chunk in enumerate(sources.chunks(config.images_per_shard))
     ]

@@ -5,10 +5,18 @@ from __future__ import annotations
 import click
 
 from ipt_data.clickgroup import UserErrorGroup
-from ipt_data.configs import DEFAULT_JOBS, BuildConfig, RayConfig
+from ipt_data.configs import DEFAULT_JOBS, PNG_ENCODERS, BuildConfig, RayConfig
 from ipt_data.errors import interrupted_then
 from ipt_data.version import __version__
 
+PNG_ENCODER_OPTION = click.option(
+    "--png-encoder",
+    type=click.Choice(PNG_ENCODERS),
+    default=BuildConfig.png_encoder,
+    show_default=True,
+    help="Deflate library of the PNG members: isal (pip install isal) is about 2x as fast, "
+    "but its bytes depend on the CPU class (docs/png.md).",
+)
 # What an interrupted build or transfer leaves, and how to go on (Error: interrupted; ...).
 CHUNKS_KEPT = "the chunks finished so far are kept, no manifest was written: rerun to resume"
 SHARDS_KEPT = "the shards copied so far are kept, no manifest was written: rerun to resume"
@@ -68,8 +76,11 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
     type=click.IntRange(min=1),
     help="Patches per image per task (the build's default).",
 )
+@PNG_ENCODER_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: bool) -> None:
+def bench(
+    corruptions: bool, build_: bool, images: int, patches: int, png_encoder: str, as_json: bool
+) -> None:
     """Benchmark on ImageNet-size JPEGs made from the sample photographs (one core)."""
     import json
 
@@ -77,8 +88,8 @@ def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: b
     from ipt_data.bench.corruptions import benchmark_corruptions
 
     parts = {
-        "corruptions": (corruptions, lambda: benchmark_corruptions(patches)),
-        "build": (build_, lambda: benchmark_build(images, patches)),
+        "corruptions": (corruptions, lambda: benchmark_corruptions(patches, png_encoder)),
+        "build": (build_, lambda: benchmark_build(images, patches, png_encoder)),
     }
     units = {"build": "rates in images/s; GB = 1e9 bytes; RSS in MiB; ratios unitless"}
     chosen = [name for name, (flag, _) in parts.items() if flag] or list(parts)  # none: all
@@ -122,6 +133,7 @@ def bench(corruptions: bool, build_: bool, images: int, patches: int, as_json: b
     show_default=True,
     help="Images per chunk (one shard per task).",
 )
+@PNG_ENCODER_OPTION
 @click.option("--limit", type=int, help="Only the first N images (in sorted order).")
 @click.option("--workers", type=int, help="Tasks at once [default: all cores / cluster CPUs].")
 @click.option("--address", help="Join this Ray cluster (host:port) instead of a local one.")
@@ -134,6 +146,7 @@ def build(
     patches_per_image: int,
     seed: int,
     images_per_shard: int,
+    png_encoder: str,
     limit: int | None,
     workers: int | None,
     address: str | None,
@@ -149,6 +162,7 @@ def build(
         patches_per_image=patches_per_image,
         seed=seed,
         images_per_shard=images_per_shard,
+        png_encoder=png_encoder,
         ray=RayConfig(workers=workers, address=address, progress=not no_progress),
     )
     with interrupted_then(CHUNKS_KEPT):

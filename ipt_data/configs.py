@@ -28,6 +28,19 @@ DEFAULT_IMAGES_PER_SHARD = 1000
 DEFAULT_JOBS = 8
 
 
+# The PNG encoders (ipt_data.png, docs/png.md): libdeflate writes the same bytes on every CPU;
+# ISA-L (the optional isal package) is about twice as fast but its bytes depend on the CPU class.
+PNG_ENCODERS = ("libdeflate", "isal")
+DEFAULT_PNG_ENCODER = "libdeflate"
+
+
+def check_png_encoder(name: str) -> str:
+    """``name`` if it is one of PNG_ENCODERS, else a UserError listing them."""
+    if name not in PNG_ENCODERS:
+        raise UserError(f"unknown PNG encoder {name!r}; known: {', '.join(PNG_ENCODERS)}")
+    return name
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """How the build runs its chunks on Ray; nothing here changes the shard set's bytes."""
@@ -52,12 +65,13 @@ def _every_task() -> tuple[Task, ...]:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """What to build; the four fields before ``ray`` fix the shard set's bytes."""
+    """What to build; the five fields before ``ray`` fix the shard set's bytes."""
 
     tasks: tuple[Task, ...] = field(default_factory=_every_task)
     patches_per_image: int = 8
     seed: int = 0
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
+    png_encoder: str = DEFAULT_PNG_ENCODER  # one of PNG_ENCODERS
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -67,3 +81,4 @@ class BuildConfig:
             raise UserError(f"--images-per-shard must be at least 1, got {self.images_per_shard}")
         if not self.tasks:
             raise UserError("no task to build")
+        check_png_encoder(self.png_encoder)

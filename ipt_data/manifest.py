@@ -39,13 +39,15 @@ def build_identity(
     seed: int,
     images_per_shard: int,
     sources: SourceList,
+    png_encoder: str,
 ) -> dict:
-    """The parameters that determine a shard set's bytes (worker count and paths do not)."""
+    """The parameters that determine a shard set's bytes (worker count and paths do not);
+    ``png_encoder`` is one of PNG_ENCODERS, recorded as its full identity."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
-        "png_encoder": encoder_identity(),
+        "png_encoder": encoder_identity(png_encoder),
         "params": {
             "seed": seed,
             "patches_per_image": patches_per_image,

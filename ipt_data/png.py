@@ -2,10 +2,18 @@
 
 Every PNG written here is a standard one: 8-bit RGB (colour type 2), not interlaced, chunks
 ``IHDR``, one ``IDAT``, ``IEND``; every scanline uses filter type 2 (Up), and the scanlines are
-compressed by libdeflate at level 1 (through the ``deflate`` package) into a zlib stream. The
-bytes depend only on the pixels and on the libdeflate version, not on the CPU: libdeflate's
-compressor is portable C whose choices involve no CPU-specific code. Why this writer and not
-OpenCV's, ISA-L or fpng, the measurements and the pinning rule: see docs/png.md.
+compressed at level 1 into a zlib stream by one of two deflate libraries, the *PNG encoder*:
+
+- ``"libdeflate"`` (the default, through the ``deflate`` package): the bytes depend only on the
+  pixels and on the libdeflate version, not on the CPU, since libdeflate's compressor is portable
+  C whose choices involve no CPU-specific code.
+- ``"isal"`` (ISA-L, through the optional ``isal`` package): about twice as fast, but its bytes
+  also depend on the CPU class (x86-64 with SSE4.2, x86-64 without it, aarch64), since ISA-L
+  hashes with the CRC32C instruction where there is one. Its identity's probe digest differs
+  between those classes, so a set is still only ever continued with the same bytes.
+
+Why these and not OpenCV's writer, zlib-ng or fpng, the measurements and the pinning rule: see
+docs/png.md.
 
 :func:`decode_png` reads PNGs in this layout with libdeflate and NumPy (undoing Up is a cumulative
 sum down the columns), about twice as fast as libpng on the same files; any other PNG goes to
@@ -18,17 +26,21 @@ import functools
 import hashlib
 import struct
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import deflate
 import numpy as np
 
+from ipt_data.configs import DEFAULT_PNG_ENCODER, check_png_encoder
+from ipt_data.errors import UserError
 from ipt_data.safety import MAX_PNG_SIDE
 
 # Bump when the layout written here changes (filter, level, chunks): the identity changes with it.
 WRITER_REVISION = 1
-# libdeflate's fastest level; level 2 makes patches about 2.5% smaller for about 1.4× the time
-# (benchmarks/results/png-codecs_xeon2c_2026-11-27.md).
+# The fastest level of both libraries; libdeflate's level 2 makes patches about 2.5% smaller for
+# about 1.4x the time (benchmarks/results/png-codecs_xeon2c_2026-11-27.md).
 DEFLATE_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILTER_UP = 2  # PNG filter type 2: each byte minus the byte above it, modulo 256
@@ -41,16 +53,46 @@ class PngError(ValueError):
     """Bytes that are not a PNG that :func:`decode_png` can decode."""
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
+@dataclass(frozen=True)
+class _Deflate:
+    """A deflate library as the writer uses it."""
+
+    described: str  # as the encoder identity states it: library, level, package version
+    compress: Callable[[np.ndarray], bytes | bytearray]  # scanlines -> zlib stream
+
+
+@functools.cache
+def _deflate(encoder: str) -> _Deflate:
+    """The deflate library of the PNG encoder ``encoder`` (one of PNG_ENCODERS). A missing
+    optional library is a UserError naming the package to install, never another encoder."""
+    if check_png_encoder(encoder) == "libdeflate":
+        compress = functools.partial(deflate.zlib_compress, compresslevel=DEFLATE_LEVEL)
+        return _Deflate(
+            f"libdeflate level {DEFLATE_LEVEL}, deflate {deflate.__version__}", compress
+        )
+    try:
+        import isal
+        from isal import isal_zlib
+    except ImportError:
+        raise UserError(
+            "the PNG encoder 'isal' needs the isal package: pip install isal (or ipt-toolkit[isal])"
+        ) from None
+    compress = functools.partial(isal_zlib.compress, level=DEFLATE_LEVEL)
+    return _Deflate(f"ISA-L level {DEFLATE_LEVEL}, isal {isal.__version__}", compress)
+
+
+def encode_png(pixels: np.ndarray, encoder: str = DEFAULT_PNG_ENCODER) -> bytes:
     """HxWx3 uint8 RGB -> PNG bytes (see the module doc). The same pixels give the same bytes on
-    every machine with the same :func:`encoder_identity`. Any memory layout is accepted (a view
-    into a larger image encodes as its copy does); other shapes or dtypes are a ValueError."""
+    every machine with the same :func:`encoder_identity`. ``encoder`` is one of PNG_ENCODERS
+    (an unknown one, or ``"isal"`` without its package, is a UserError). Any memory layout is
+    accepted (a view into a larger image encodes as its copy does); other shapes or dtypes are
+    a ValueError."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3 or not pixels.size:
         raise ValueError(
             f"encode_png takes an HxWx3 uint8 RGB array, not {pixels.dtype} {pixels.shape}"
         )
     height, width = pixels.shape[:2]
-    return assemble_png(height, width, deflate.zlib_compress(up_filtered(pixels), DEFLATE_LEVEL))
+    return assemble_png(height, width, _deflate(encoder).compress(up_filtered(pixels)))
 
 
 def up_filtered(pixels: np.ndarray) -> np.ndarray:
@@ -90,17 +132,15 @@ _IEND = _chunk(b"IEND", b"")
 
 
 @functools.cache
-def encoder_identity() -> str:
+def encoder_identity(encoder: str = DEFAULT_PNG_ENCODER) -> str:
     """The PNG encoder as a shard set's manifest records it: this writer's revision and
-    settings, the ``deflate`` package's version, and the start of the sha256 of the encoding of
-    a fixed probe image. Two installations with the same identity write the same bytes for the
-    same pixels; the probe tells apart installations whose version strings agree but whose
-    libdeflate does not (``deflate`` built from source against a system libdeflate)."""
-    probe = hashlib.sha256(encode_png(_probe_image())).hexdigest()[:12]
-    return (
-        f"ipt-png {WRITER_REVISION} (Up filter, libdeflate level {DEFLATE_LEVEL}, "
-        f"deflate {deflate.__version__}, probe {probe})"
-    )
+    settings, the deflate library, its level and package version, and the start of the sha256
+    of the encoding of a fixed probe image. Two installations with the same identity write the
+    same bytes for the same pixels; the probe tells apart installations whose version strings
+    agree but whose bytes do not (``deflate`` built against a system libdeflate; ISA-L on
+    another CPU class)."""
+    probe = hashlib.sha256(encode_png(_probe_image(), encoder)).hexdigest()[:12]
+    return f"ipt-png {WRITER_REVISION} (Up filter, {_deflate(encoder).described}, probe {probe})"
 
 
 def _probe_image() -> np.ndarray:

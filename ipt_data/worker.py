@@ -46,7 +46,8 @@ class ChunkJob:
     tasks: tuple[Task, ...]  # the build's own task objects, whose parameters the manifest states
     patches_per_image: int
     seed: int
-    png_encoder: str  # the driver's encoder_identity(): every node must write the same bytes
+    png_encoder: str  # one of PNG_ENCODERS
+    png_identity: str  # the driver's encoder_identity(png_encoder): every node's must be equal
 
 
 def sample_key(number: int, image_id: str, patch: int) -> str:
@@ -68,10 +69,11 @@ def process_chunk(
     ``report(images, pairs, skipped)`` is called after every image, for a live progress bar.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    if encoder_identity() != job.png_encoder:  # a node of a cluster with another deflate
+    ours = encoder_identity(job.png_encoder)
+    if ours != job.png_identity:  # a node with another deflate version (or CPU class, for ISA-L)
         raise UserError(
-            f"{job.out}: chunk {job.index}: this worker's PNG encoder is {encoder_identity()!r}, "
-            f"the build's is {job.png_encoder!r}; install the same on every node"
+            f"{job.out}: chunk {job.index}: this worker's PNG encoder is {ours!r}, "
+            f"the build's is {job.png_identity!r}; install the same on every node"
         )
     cv2.setNumThreads(1)  # one task per core: OpenCV's own pool would oversubscribe it
     tasks = list(job.tasks)
@@ -174,8 +176,8 @@ def _write_pairs(
             "patch": patch,
         }
         members = {
-            "input.png": encode_png(pair.input),
-            "target.png": encode_png(pair.target),
+            "input.png": encode_png(pair.input, job.png_encoder),
+            "target.png": encode_png(pair.target, job.png_encoder),
             "json": sample_json(metadata),
         }
         writer.write(sample_key(number, image_id, patch), members)

@@ -3,6 +3,7 @@ plus broken and odd files -> shard sets read back with the real webdataset libra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -25,7 +27,7 @@ from ipt_data.errors import UserError
 from ipt_data.imresize import downscale
 from ipt_data.layout import PARAMS_NAME, stats_name
 from ipt_data.manifest import UNRECORDED_ENCODER
-from ipt_data.png import encoder_identity
+from ipt_data.png import decode_png, encoder_identity
 from ipt_data.rain import Rain
 from ipt_data.sources import open_sources, walk_sources
 from ipt_data.tasks import TASKS, Task
@@ -275,10 +277,49 @@ def test_a_set_written_with_another_png_encoder_is_not_continued(built, tree, tm
 
 def test_a_worker_with_another_png_encoder_refuses_its_chunk(tree, tmp_path):
     job = ChunkJob(0, 0, ("n00000000/astronaut.JPEG",), str(tree), str(tmp_path / "o"),
-                   (TASKS["sr_x2"],), 2, 0, "ipt-png 1 (another libdeflate)")  # fmt: skip
+                   (TASKS["sr_x2"],), 2, 0, "libdeflate", "ipt-png 1 (other)")  # fmt: skip
     with pytest.raises(UserError, match=r"this worker's PNG encoder is .*, the build's is "):
         process_chunk(job)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_set_built_with_isal_is_reproducible_and_not_continued_with_libdeflate(
+    ray_instance, tree, tmp_path
+):
+    """The opt-in ISA-L encoder: the same bytes with 1 and 2 workers, its identity in the
+    manifest, pixels equal to the default encoder's set, and no mixing of the two in one set."""
+    tasks = (TASKS["sr_x2"], TASKS["denoise_30"])
+    isal_config = _config(workers=2, tasks=tasks, png_encoder="isal")
+    result = build_shards(walk_sources(tree), tmp_path / "two", isal_config)
+    assert result.manifest["png_encoder"] == encoder_identity("isal")
+    one = dataclasses.replace(isal_config, ray=RayConfig(workers=1, progress=False))
+    build_shards(walk_sources(tree), tmp_path / "one", one)
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+    portable = build_shards(walk_sources(tree), tmp_path / "default", _config(2, tasks=tasks))
+    for name in ("sr_x2", "denoise_30"):
+        fast, default = result.manifest["tasks"][name], portable.manifest["tasks"][name]
+        assert fast["shards"] != default["shards"]
+        assert decoded_members(tmp_path / "two" / name) == decoded_members(
+            tmp_path / "default" / name
+        )
+    earlier, now = encoder_identity("isal"), encoder_identity()
+    message = re.escape(f"written with PNG encoder '{earlier}'; this ipt-data writes '{now}'")
+    with pytest.raises(UserError, match=message):
+        build_shards(walk_sources(tree), tmp_path / "two", _config(workers=2, tasks=tasks))
+
+
+def decoded_members(folder: Path) -> dict[str, bytes]:
+    """Every PNG member of the shards in ``folder`` as raw pixel bytes (every other member as
+    it is), by member name."""
+    members = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                data = tar.extractfile(member).read()
+                members[member.name] = (
+                    decode_png(data).tobytes() if member.name.endswith(".png") else data
+                )
+    return members
 
 
 @pytest.mark.parametrize(
@@ -438,13 +479,14 @@ def test_a_chunk_that_cannot_write_its_shards_is_one_error_and_leaves_no_file(tr
 import resource, signal, sys
 from ipt_data.errors import UserError
 from ipt_data.tasks import TASKS
-from ipt_data.png import encoder_identity
+from ipt_data.png import decode_png, encoder_identity
 from ipt_data.worker import ChunkJob, process_chunk
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # let the write fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 tasks = (TASKS["sr_x4"],)
 job = ChunkJob(
-    0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], tasks, 8, 0, encoder_identity()
+    0, 0, ("n00000000/astronaut.JPEG",), sys.argv[1], sys.argv[2], tasks, 8, 0, "libdeflate",
+    encoder_identity(),
 )
 try:
     process_chunk(job)

@@ -192,6 +192,10 @@ def test_a_server_error_on_every_shard_is_named_shortly(shard_set, tmp_path):
         # a ValueError traceback from numpy, and a "no such folder" about a temporary folder
         (["bench", "--corruptions", "--patches", "-3"], "'--patches': -3 is not in the range"),
         (["bench", "--build", "--images", "0"], "'--images': 0 is not in the range"),
+        (
+            ["build", "--src", "{src}", "--out", "{tmp}/o", "--png-encoder", "zopfli"],
+            "'zopfli' is not one of 'libdeflate', 'isal'",
+        ),
         # an empty --out was taken as the current folder ("Error:  exists and is not ...")
         (["build", "--src", "{src}", "--out", ""], "an empty path or URL"),
         (["info", ""], "an empty path or URL"),

@@ -1,13 +1,16 @@
-"""The PNG writer and reader of ipt_data.png on real patches: every task's input and target round
-trip bit-exactly through OpenCV, Pillow, webdataset and decode_png; the files are standard, the
-same pixels give the same bytes, and a golden digest pins the encoder
-(docs/png.md#determinism-and-pinning)."""
+"""The PNG writer and reader of ipt_data.png on real patches, with both PNG encoders (libdeflate
+and ISA-L): every task's input and target round trip bit-exactly through OpenCV, Pillow,
+webdataset and decode_png; the files are standard, the same pixels give the same bytes, and a
+golden digest pins the default encoder (docs/png.md#determinism-and-pinning)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 
@@ -17,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ipt_data.configs import PNG_ENCODERS
+from ipt_data.errors import UserError
 from ipt_data.patches import cut_pairs
 from ipt_data.png import PngError, assemble_png, decode_png, encode_png, encoder_identity
 from ipt_data.seeding import image_rng
@@ -58,18 +63,20 @@ def chunks(data: bytes) -> list[tuple[bytes, bytes, int]]:
     return found
 
 
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
 @pytest.mark.parametrize("name", list(TASKS))
-def test_every_task_pair_round_trips_through_opencv_pillow_and_decode_png(pairs, name):
+def test_every_task_pair_round_trips_through_opencv_pillow_and_decode_png(pairs, name, encoder):
     for pair in pairs[name]:
         for image, side in zip(pair, (INPUT_SIZE, TASKS[name].target_size), strict=True):
             assert image.shape == (side, side, 3)
-            data = encode_png(image)
+            data = encode_png(image, encoder)
             assert np.array_equal(opencv_rgb(data), image)
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
             assert np.array_equal(decode_png(data), image)
 
 
-def test_webdataset_reads_the_pngs_as_written(pairs, tmp_path):
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_webdataset_reads_the_pngs_as_written(pairs, tmp_path, encoder):
     import webdataset as wds
 
     shard, expected = tmp_path / "pairs.tar", {}
@@ -79,7 +86,7 @@ def test_webdataset_reads_the_pngs_as_written(pairs, tmp_path):
                 key = f"{name}_{number}"
                 expected[key] = (patch, target)
                 for member, image in (("input.png", patch), ("target.png", target)):
-                    data = encode_png(image)
+                    data = encode_png(image, encoder)
                     info = tarfile.TarInfo(f"{key}.{member}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -91,9 +98,10 @@ def test_webdataset_reads_the_pngs_as_written(pairs, tmp_path):
         assert np.array_equal(read[key][0], patch) and np.array_equal(read[key][1], target)
 
 
-def test_the_file_is_a_standard_8_bit_rgb_png_with_up_filtered_rows(pairs):
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_the_file_is_a_standard_8_bit_rgb_png_with_up_filtered_rows(pairs, encoder):
     target = pairs["sr_x3"][0][1]
-    data = encode_png(target)
+    data = encode_png(target, encoder)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     found = chunks(data)
     assert [kind for kind, _, _ in found] == [b"IHDR", b"IDAT", b"IEND"]
@@ -104,13 +112,47 @@ def test_the_file_is_a_standard_8_bit_rgb_png_with_up_filtered_rows(pairs):
     assert (scanlines[:, 0] == 2).all()
 
 
-def test_the_same_pixels_give_the_same_bytes_whatever_their_memory_layout(sample_photos):
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_the_same_pixels_give_the_same_bytes_whatever_their_memory_layout(sample_photos, encoder):
     view = sample_photos["coffee"][10:202, 20:212]  # a 192x192 view into the photograph
     assert not view.flags.c_contiguous
-    data = encode_png(view)
-    assert encode_png(view) == data
-    assert encode_png(np.ascontiguousarray(view)) == data
-    assert encode_png(np.asfortranarray(view)) == data
+    data = encode_png(view, encoder)
+    assert encode_png(view, encoder) == data
+    assert encode_png(np.ascontiguousarray(view), encoder) == data
+    assert encode_png(np.asfortranarray(view), encoder) == data
+
+
+def test_the_two_encoders_write_other_bytes_and_say_so_in_their_identities(sample_photos):
+    # ISA-L's bytes depend on the CPU class, so no golden digest can pin them on every machine
+    # that runs these tests; what must hold everywhere is that the identities tell the two apart
+    # (a set is never continued by the other) and that the pixels are the same.
+    crop = sample_photos["astronaut"][64:160, 192:288]
+    fast, portable = encode_png(crop, "isal"), encode_png(crop, "libdeflate")
+    assert fast != portable
+    assert np.array_equal(decode_png(fast), decode_png(portable))
+    isal_identity = encoder_identity("isal")
+    assert re.fullmatch(
+        r"ipt-png 1 \(Up filter, ISA-L level 1, isal [0-9.]+, probe [0-9a-f]{12}\)", isal_identity
+    )
+    assert isal_identity != encoder_identity("libdeflate") == encoder_identity()
+
+
+def test_an_unknown_encoder_and_a_missing_isal_are_clear_errors(sample_photos):
+    crop = sample_photos["astronaut"][:48, :48]
+    with pytest.raises(UserError, match="unknown PNG encoder 'zopfli'; known: libdeflate, isal"):
+        encode_png(crop, "zopfli")
+    # Without the isal package: a fresh interpreter in which importing it fails.
+    script = (
+        "import sys; sys.modules['isal'] = None\n"
+        "import numpy as np\n"
+        "from ipt_data.png import encode_png\n"
+        "encode_png(np.zeros((48, 48, 3), np.uint8), 'isal')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "the PNG encoder 'isal' needs the isal package: pip install isal" in result.stderr
 
 
 def test_a_golden_digest_pins_the_encoder_bytes_and_identity(sample_photos):

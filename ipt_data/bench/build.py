@@ -22,6 +22,7 @@ From the one-worker rate it projects core-hours and shard bytes per task for Ima
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tarfile
 import tempfile
@@ -55,12 +56,8 @@ def write_inputs(folder: Path, images: int) -> SourceList:
     return walk_sources(folder)
 
 
-def _timed_build(sources: SourceList, out: Path, workers: int, patches: int, per_shard: int):
-    config = BuildConfig(
-        patches_per_image=patches,
-        images_per_shard=per_shard,
-        ray=RayConfig(workers=workers, progress=False),
-    )
+def _timed_build(sources: SourceList, out: Path, config: BuildConfig, workers: int):
+    config = dataclasses.replace(config, ray=RayConfig(workers=workers, progress=False))
     start = time.perf_counter()
     result = build_shards(sources, out, config)
     return time.perf_counter() - start, result
@@ -80,9 +77,11 @@ class _Stopwatch:
         self.cpu += time.process_time() - cpu
 
 
-def floor_seconds(sources: SourceList, built: Path, manifest: dict) -> tuple[float, float]:
-    """One core: decode every input JPEG, then PNG-encode the built pairs and write them as
-    tars. Returns (wall, CPU) seconds."""
+def floor_seconds(
+    sources: SourceList, built: Path, manifest: dict, encoder: str
+) -> tuple[float, float]:
+    """One core: decode every input JPEG, then PNG-encode the built pairs (with ``encoder``)
+    and write them as tars. Returns (wall, CPU) seconds."""
     watch = _Stopwatch()
     with one_core(), tempfile.TemporaryDirectory() as scratch:
         for image_id in sources.ids:
@@ -93,7 +92,7 @@ def floor_seconds(sources: SourceList, built: Path, manifest: dict) -> tuple[flo
             for shard in task["shards"]:
                 samples = _decoded_samples(built / shard["path"])
                 with watch.timing():
-                    _rewrite(samples, Path(scratch) / "floor.tar")
+                    _rewrite(samples, Path(scratch) / "floor.tar", encoder)
     return watch.wall, watch.cpu
 
 
@@ -112,48 +111,57 @@ def _decoded_samples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, byte
     ]
 
 
-def _rewrite(samples, path: Path) -> None:
+def _rewrite(samples, path: Path, encoder: str) -> None:
     with ShardWriter(open_location(path.parent), path.name) as writer:
         for key, low, high, metadata in samples:
             writer.write(
                 key,
-                {"input.png": encode_png(low), "target.png": encode_png(high), "json": metadata},
+                {
+                    "input.png": encode_png(low, encoder),
+                    "target.png": encode_png(high, encoder),
+                    "json": metadata,
+                },
             )
         writer.close()
 
 
-def _peak_rss_fresh_ray(sources: SourceList, out: Path, patches: int, per_shard: int) -> int:
+def _peak_rss_fresh_ray(sources: SourceList, out: Path, config: BuildConfig) -> int:
     """Largest worker peak RSS (bytes) of a 2-worker build on a freshly started Ray."""
     with ray_session(RayConfig(workers=2)):
-        _seconds, result = _timed_build(sources, out, 2, patches, per_shard)
+        _seconds, result = _timed_build(sources, out, config, 2)
     return result.peak_worker_rss_bytes
 
 
-def _best_runs(sources: SourceList, scratch: Path, patches: int, per_shard: int) -> dict:
+def _best_runs(sources: SourceList, scratch: Path, config: BuildConfig) -> dict:
     """Alternate 1-worker build, 2-worker build and floor twice on a warm Ray instance; keep
     the fastest of each (the least disturbed on a shared machine)."""
     runs = {"one": [], "two": [], "floor": []}
     with ray_session(RayConfig(workers=2)):
-        _timed_build(walk_sources(sources.root, limit=4), scratch / "warmup", 2, patches, 1)
+        warmup = dataclasses.replace(config, images_per_shard=1)
+        _timed_build(walk_sources(sources.root, limit=4), scratch / "warmup", warmup, 2)
         for attempt in range(2):
             for name, workers in (("one", 1), ("two", 2)):
                 out = scratch / f"{name}_{attempt}"
-                runs[name].append(_timed_build(sources, out, workers, patches, per_shard))
+                runs[name].append(_timed_build(sources, out, config, workers))
             built = runs["one"][-1][1]
             built_at = Path(built.manifest_path).parent
-            runs["floor"].append(floor_seconds(sources, built_at, built.manifest))
+            floor = floor_seconds(sources, built_at, built.manifest, config.png_encoder)
+            runs["floor"].append(floor)
     return {name: min(results, key=lambda run: run[0]) for name, results in runs.items()}
 
 
-def benchmark_build(images: int, patches: int) -> dict[str, float]:
-    """Measure the build against its floor and across worker counts; see the module docstring."""
-    per_shard = max(1, images // 10)
+def benchmark_build(images: int, patches: int, encoder: str) -> dict[str, float]:
+    """Measure the build (PNG encoder ``encoder``) against its floor and across worker counts;
+    see the module docstring."""
+    config = BuildConfig(
+        patches_per_image=patches, images_per_shard=max(1, images // 10), png_encoder=encoder
+    )
     figures: dict[str, float] = {"images": images, "patches_per_image": patches}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         sources = write_inputs(scratch / "src", images)
         figures["load_average_before"] = os.getloadavg()[0]
-        best = _best_runs(sources, scratch, patches, per_shard)
+        best = _best_runs(sources, scratch, config)
         (one, result), (two, result_two) = best["one"], best["two"]
         floor_wall, floor_cpu = best["floor"]
         figures.update(
@@ -176,6 +184,6 @@ def benchmark_build(images: int, patches: int) -> dict[str, float]:
             )
         for count in (images, 10 * images):
             inputs = write_inputs(scratch / f"src_{count}", count)
-            peak = _peak_rss_fresh_ray(inputs, scratch / f"rss_{count}", patches, per_shard)
+            peak = _peak_rss_fresh_ray(inputs, scratch / f"rss_{count}", config)
             figures[f"worker_peak_rss_mib_{count}_images"] = peak / 2**20
     return figures
