@@ -29,9 +29,11 @@ class GaussianNoise:
         """``clean``: any-shape uint8 -> same shape uint8."""
         if clean.dtype != np.uint8:
             raise UserError(f"GaussianNoise expects uint8 images, got {clean.dtype}")
-        noise = rng.standard_normal(clean.shape, dtype=np.float32)
-        noisy = clean.astype(np.float32) + np.float32(self.sigma) * noise
-        return np.rint(np.clip(noisy, 0, 255)).astype(np.uint8)
+        noisy = rng.standard_normal(clean.shape, dtype=np.float32)  # one buffer, all in place
+        noisy *= np.float32(self.sigma)
+        noisy += clean  # the float32 sum clean + sigma * noise
+        np.clip(noisy, 0, 255, out=noisy)
+        return np.rint(noisy, out=noisy).astype(np.uint8)
 
     def params(self) -> dict:
         return {"kind": "gaussian_noise", "sigma": float(self.sigma)}
