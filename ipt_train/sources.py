@@ -26,6 +26,7 @@ from ipt_data import (
     Task,
     UserError,
     cut_pairs,
+    file_sha256,
     image_files,
     rain_images,
     read_image,
@@ -74,7 +75,10 @@ class CleanFolder:
         pass  # any image can give pairs of any task; too small ones are found while reading
 
     def fingerprint(self, tasks: list[Task]) -> str:
-        return fingerprint(self.names)
+        """The images' names and contents: an image edited or replaced under the same name
+        since the run began is another run's data (reading the folder once: seconds for a
+        benchmark-sized set)."""
+        return fingerprint([[name, file_sha256(self.root / name)] for name in self.names])
 
     def stream(
         self,
@@ -116,6 +120,7 @@ class PairedFolder:
     def __init__(self, folder: str | Path) -> None:
         images = rain_images(folder)
         self.names = [image.name for image in images]
+        self.files = [(image.degraded, image.clean) for image in images]
         self.pairs = [read_pair(image) for image in images]  # (rainy, clean)
         for image, (rainy, _) in zip(images, self.pairs, strict=True):
             if min(rainy.shape[:2]) < INPUT_SIZE:
@@ -130,7 +135,9 @@ class PairedFolder:
             raise UserError(f"--pairs trains same-size tasks only, not {task.name}")
 
     def fingerprint(self, tasks: list[Task]) -> str:
-        return fingerprint(self.names)
+        """The pairs' names and both files' contents (as :meth:`CleanFolder.fingerprint`)."""
+        named = zip(self.names, self.files, strict=True)
+        return fingerprint([[name, *map(file_sha256, files)] for name, files in named])
 
     def stream(
         self,

@@ -201,7 +201,7 @@ def _changes(saved: dict, identity: dict, notes: dict) -> str:
             before = f"{saved.get('init', '?')} (sha256 {saved.get(key)})"
             changes.append(f"--init was {before}, now {notes.get('init')} (sha256 {now})")
         elif key == "data":
-            changes.append("the training data differ (other shards, images or pairs)")
+            changes.append("the training data differ (other or edited shards, images or pairs)")
         else:
             changes.append(f"{key} was {saved.get(key)!r}, now {now!r}")
     return "; ".join(changes)

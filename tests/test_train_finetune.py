@@ -153,6 +153,37 @@ def test_resume_refuses_an_init_checkpoint_whose_content_changed(
     assert load_train_state(run / "checkpoint.pt").step == 4
 
 
+@pytest.mark.parametrize("source", ["clean", "pairs"])
+def test_resume_refuses_folder_images_edited_under_the_same_names(
+    pretrained, tmp_path, sample_photos, source
+):
+    folder, run = tmp_path / "images", tmp_path / "run"
+    folder.mkdir()
+    for number, name in ((1, "astronaut"), (2, "coffee")):
+        image = sample_photos[name][:96, :96, ::-1]  # BGR for cv2
+        if source == "clean":
+            cv2.imwrite(str(folder / f"{name}.png"), image)
+        else:
+            cv2.imwrite(str(folder / f"norain-{number}.png"), image)
+            cv2.imwrite(str(folder / f"rain-{number}.png"), 255 - image)
+
+    def resume(steps: int):
+        config = TrainConfig(str(run), steps, batch=2, checkpoint_every=2, resume=steps > 2)
+        task = "sr_x2" if source == "clean" else "derain"
+        setup = FinetuneConfig(str(pretrained), task, loader=LOADER, **{source: str(folder)})
+        return finetune(replace(config, progress=False), setup)
+
+    resume(2)
+    assert resume(4).step == 4  # the same files: the same run
+    edited = folder / ("coffee.png" if source == "clean" else "rain-2.png")
+    image = cv2.imread(str(edited))
+    image[0, 0] ^= 1  # one value changed; the same name and dimensions
+    cv2.imwrite(str(edited), image)
+    with pytest.raises(UserError, match=r"started differently.*\bdata\b"):
+        resume(6)
+    assert load_train_state(run / "checkpoint.pt").step == 4
+
+
 def test_clean_folder_of_images_too_small_is_an_error_not_a_hang(pretrained, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
