@@ -181,8 +181,9 @@ def _refuse_another_encoder(location: SetLocation, earlier: str, now: str) -> No
     if earlier != now:
         raise UserError(
             f"{location.url} was written with PNG encoder {earlier!r}; this ipt-data writes "
-            f"{now!r}. A set holds one encoder's PNGs: build into another --out, or install the "
-            "encoder the set names to continue it"
+            f"{now!r}. A set holds one encoder's PNGs: build into another --out, or continue it "
+            "with the encoder it names (its --png-encoder and library version; for ISA-L, on a "
+            "CPU of the same class)"
         )
 
 

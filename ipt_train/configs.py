@@ -105,7 +105,7 @@ class EvalConfig:
 
     tiles: TileConfig = field(default_factory=TileConfig)
     device: str = "cpu"
-    noise_seed: int = 0  # seeds the denoising inputs (per image: (seed, index))
+    noise_seed: int = 0  # seeds the denoising inputs (per image: with its name)
     progress: bool = True
 
 

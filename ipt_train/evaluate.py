@@ -6,7 +6,7 @@
   bicubic from the HR mod-cropped to a multiple of s; Y channel, ``s`` pixels shaved at each
   border.
 * Denoising (``denoise_30/50``, or a :class:`Task` of another sigma): every clean image of DIR
-  plus Gaussian noise seeded from (seed, image index), clipped to 0..255 and not rounded; Y (as
+  plus Gaussian noise seeded from (seed, image name), clipped to 0..255 and not rounded; Y (as
   IPT) and RGB (as DnCNN-style tables).
 * Deraining: ``rain-N`` / ``norain-N`` pairs (Rain100L); Y channel.
 
@@ -18,6 +18,7 @@ row every table starts from. :func:`evaluate_restorer` is the one evaluation loo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,8 +106,8 @@ def evaluate_restorer(
     means)."""
     rows = []
     bar = progress_bar(images, desc=f"eval {task.name}", unit="image", enabled=config.progress)
-    for index, image in enumerate(bar):
-        pair = eval_pair(task, image, index, config.noise_seed)
+    for image in bar:
+        pair = eval_pair(task, image, config.noise_seed)
         output = restore(pair.input)
         row = {"name": pair.name, **score(output, pair.target, task)}
         rows.append(row | (per_image(restore, pair, output) if per_image else {}))
@@ -150,17 +151,24 @@ def benchmark_images(task: Task, data: Path) -> list[BenchImage]:
     return images
 
 
-def eval_pair(task: Task, image: BenchImage, index: int, noise_seed: int = 0) -> EvalPair:
-    """The (input, target) pair of ``image``, the ``index``-th of its folder. A denoising input
-    is ``clip(clean + N(0, sigma^2), 0, 255)`` in float64, not rounded, the noise drawn from
-    ``default_rng([noise_seed, index])``."""
+def eval_pair(task: Task, image: BenchImage, noise_seed: int = 0) -> EvalPair:
+    """The (input, target) pair of ``image``. A denoising input is ``clip(clean + N(0,
+    sigma^2), 0, 255)`` in float64, not rounded, the noise drawn from :func:`noise_rng`."""
     if task.scale > 1 or image.degraded is not None:
         degraded, clean = read_pair(image, task.scale)
         return EvalPair(image.name, degraded, clean)
     clean = read_image(image.clean)
-    rng = np.random.default_rng([noise_seed, index])
+    rng = noise_rng(noise_seed, image.name)
     noisy = np.clip(clean + rng.normal(0.0, task.corruption.sigma, clean.shape), 0, 255)
     return EvalPair(image.name, noisy, clean)
+
+
+def noise_rng(noise_seed: int, name: str) -> np.random.Generator:
+    """The generator of the evaluation noise of the image called ``name`` (its path in the
+    folder, without extension): seeded by ``noise_seed`` and the first 16 bytes of the name's
+    sha256, so an image gets the same noise whatever else its folder holds."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return np.random.default_rng([noise_seed, *np.frombuffer(digest[:16], "<u4").tolist()])
 
 
 def format_table(report: dict) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,19 @@ def test_denoising_noise_is_seeded_and_scored_on_y_and_rgb(refdata):
     assert first == again and first["psnr_rgb"] != other["psnr_rgb"]
     # sigma 50 noise, clipped: PSNR a little above 20 log10(255 / 50) = 14.15 dB
     assert 14.1 < first["psnr_rgb"] < 15.5 and first["psnr_y"] > first["psnr_rgb"]
+
+
+def test_an_images_denoising_noise_does_not_depend_on_the_rest_of_its_folder(refdata, tmp_path):
+    # Seeded by the image's name, not its place: a folder without one of Set5's images gives
+    # the others exactly the noise (so the scores) they get in the whole folder.
+    config = EvalConfig(progress=False)
+    whole = evaluate(None, "denoise_30", refdata / "Set5" / "HR", config)
+    shutil.copytree(refdata / "Set5" / "HR", tmp_path / "four")
+    first = sorted((tmp_path / "four").iterdir())[0]
+    first.unlink()
+    fewer = evaluate(None, "denoise_30", tmp_path / "four", config)
+    assert len(fewer["images"]) == 4
+    assert fewer["images"] == [row for row in whole["images"] if row["name"] != first.stem]
 
 
 def test_rain_pairs_and_one_line_errors(sample_photos, tmp_path):
