@@ -22,7 +22,7 @@ import numpy as np
 
 from ipt_data.bench import one_core
 from ipt_data.decode import decode_image
-from ipt_data.patches import cut_pairs
+from ipt_data.patches import PatchPair, cut_pairs
 from ipt_data.png import encode_png
 from ipt_data.remote import open_location
 from ipt_data.sample import imagenet_like_jpegs
@@ -65,7 +65,7 @@ def _stage_times(jpeg: bytes, patches: int, encoder: str, repeats: int) -> dict[
         return [(encode_png(p.input, encoder), encode_png(p.target, encoder)) for p in pairs]
 
     times["png_encode"] = _median_ms(encode_all, repeats)
-    metadata = [{"box": list(p.box), "task": TASKS["sr_x2"].params(), "patch": 0} for p in pairs]
+    metadata = [_metadata(image, pair, number) for number, pair in enumerate(pairs)]
     times["sample_json"] = _median_ms(lambda: [sample_json(m) for m in metadata], repeats)
     samples = [(*png, sample_json(m)) for png, m in zip(encode_all(), metadata, strict=True)]
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,6 +77,19 @@ def _stage_times(jpeg: bytes, patches: int, encoder: str, repeats: int) -> dict[
 # A build's shard holds many images' samples, so a file's own costs (create, rename) are spread
 # over them; the tar stage is timed over a shard of this many copies of the image's samples.
 _IMAGES_PER_TAR = 20
+
+
+def _metadata(image: np.ndarray, pair: PatchPair, number: int) -> dict:
+    """A sample's JSON fields as the worker writes them (the values are stand-ins)."""
+    return {
+        "source": "n01440764/n01440764_10026.JPEG",
+        "image_size": list(image.shape[:2]),
+        "box": list(pair.box),
+        "task": TASKS["sr_x2"].params(),
+        "seed": 0,
+        "image_seed": 2**63 + number,
+        "patch": number % 8,
+    }
 
 
 def _write_tar(folder: str, samples: list[tuple[bytes, bytes, bytes]], copies: int) -> None:
