@@ -125,8 +125,8 @@ def _progress_counter(ray):
 class _ThrottledReport:
     """A chunk's progress counts, sent to the counter actor (fire and forget) at most every
     PROGRESS_SECONDS, when the driver's bar next looks, and at :meth:`flush`. An actor call per
-    image cost its worker and the actor together about 2 ms of CPU per image, a tenth of a
-    build with the ISA-L encoder."""
+    image cost its worker about 1 ms of CPU per image (20.5 -> 19.4 ms with the ISA-L encoder),
+    besides the actor's own work for each call, on the same cores."""
 
     def __init__(self, counter, run: str) -> None:
         self._counter, self._run = counter, run
