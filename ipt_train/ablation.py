@@ -126,11 +126,14 @@ def results_table(
     main: str,
     ablate: list[str],
     ablation_task: str,
+    pretrain_steps: int | None = None,
 ) -> str:
     """The Markdown of ``OUT/results.md``: (1) per task of ``tasks`` (name -> evaluation set),
     Y-PSNR of the input, and of ``scratch`` and ``main`` after each fine-tuning step count,
-    ``main``'s cells with their difference to scratch; (2) ``ablation_task`` after the last step
-    count for scratch, ``main`` and each arm of ``ablate``, with the difference to scratch."""
+    ``main``'s cells with their difference to scratch; (2) where ``steps`` hold both s and
+    s + ``pretrain_steps``, :func:`equal_steps_section`; (3) ``ablation_task`` after the last
+    step count for scratch, ``main`` and each arm of ``ablate``, with the difference to
+    scratch."""
     out = Path(out)
     last = steps[-1]
     lines = [
@@ -149,6 +152,7 @@ def results_table(
         lines.append(f"{head} from scratch | " + " | ".join(f"{v:.2f}" for v in scratch) + " |")
         cells = [f"{p:.2f} ({p - s:+.2f})" for p, s in zip(pretrained, scratch, strict=True)]
         lines.append(f"| | | | {arm_label(main, out)} | " + " | ".join(cells) + " |")
+    lines += equal_steps_section(out, steps, tasks, main, pretrain_steps)
     scratch = psnr(out, SCRATCH, ablation_task, last)
     lines += [
         "",
@@ -163,6 +167,38 @@ def results_table(
         value = psnr(out, arm, ablation_task, last)
         lines.append(f"| {arm_label(arm, out)} | {value:.2f} | {value - scratch:+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def equal_steps_section(
+    out: Path, steps: list[int], tasks: dict[str, str], main: str, pretrain_steps: int | None
+) -> list[str]:
+    """Markdown lines comparing ``main`` after s fine-tuning steps with from scratch after
+    s + ``pretrain_steps``, for each s of ``steps`` whose sum is also in ``steps``: the same
+    number of optimizer steps, which separates "pretrained" from "trained longer" (the
+    pretrained arm was pretrained on the images it is fine-tuned on). None where no such pair."""
+    pairs = [
+        (s, s + pretrain_steps) for s in steps if pretrain_steps and s + pretrain_steps in steps
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        f"## Equal training steps: pretrained ({pretrain_steps} pretraining steps) vs from scratch",
+        "",
+        f"Y-PSNR in dB of the pretrained arm after s fine-tuning steps and of from scratch after "
+        f"s + {pretrain_steps}; Δ: pretrained minus from scratch.",
+        "",
+        "| task | s | pretrained, s steps | from scratch, s + pretraining steps | Δ dB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for task in tasks:
+        for short, long in pairs:
+            pretrained, scratch = psnr(out, main, task, short), psnr(out, SCRATCH, task, long)
+            lines.append(
+                f"| {task} | {short} | {pretrained:.2f} | {scratch:.2f} | "
+                f"{pretrained - scratch:+.2f} |"
+            )
+    return lines
 
 
 def plot_curves(
@@ -252,7 +288,8 @@ def fraction(shards, percent) -> None:
 @click.option("--main-arm", required=True, help="The pretrained arm of the curves.")
 @click.option("--ablate", multiple=True, help="Other pretrained arms (last step only).")
 @click.option("--ablation-task", required=True)
-def report(out, steps, tasks, main_arm, ablate, ablation_task) -> None:
+@click.option("--pretrain-steps", type=int, help="Steps of each pretraining.")
+def report(out, steps, tasks, main_arm, ablate, ablation_task, pretrain_steps) -> None:
     """Write OUT/results.md and OUT/plots/<task>.png, and print the table."""
     try:
         counts = [int(step) for step in steps.split(",")]
@@ -261,7 +298,7 @@ def report(out, steps, tasks, main_arm, ablate, ablation_task) -> None:
         raise UserError("expected --steps N,N,... and --task TASK=SET") from None
     if ablation_task not in named:
         raise UserError(f"--ablation-task {ablation_task} is not one of the --task names")
-    table = results_table(out, counts, named, main_arm, list(ablate), ablation_task)
+    table = results_table(out, counts, named, main_arm, list(ablate), ablation_task, pretrain_steps)
     write_bytes_atomic(Path(out) / "results.md", table.encode())
     plots = plot_curves(out, counts, named, main_arm, list(ablate), ablation_task)
     click.echo(table + "plots: " + " ".join(str(path) for path in plots))

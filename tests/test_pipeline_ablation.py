@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ipt_data import GaussianNoise, UserError, encode_png, file_sha256
-from ipt_train.ablation import fraction_shards, results_table, write_pairs
+from ipt_train.ablation import equal_steps_section, fraction_shards, results_table, write_pairs
 from ipt_train.checkpoint import load_weights_only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +159,20 @@ def test_fraction_shards_rounds_to_whole_shards_and_keeps_one():
 def test_results_table_names_a_missing_evaluation(tmp_path):
     with pytest.raises(UserError, match=r"eval/scratch/sr_x2/1\.json: no such evaluation"):
         results_table(tmp_path, [1], {"sr_x2": "Set5"}, "l0.1-d100", [], "sr_x2")
+
+
+def test_equal_steps_section_pairs_pretrained_s_with_scratch_s_plus_pretraining(tmp_path):
+    # A made-up folder of evaluations: scratch and pretrained at 25, 100, 200 and 300 steps.
+    scores = {("scratch", 100): 30.0, ("scratch", 300): 31.5, ("l0.1-d100", 100): 31.2}
+    for arm in ("scratch", "l0.1-d100"):
+        for step in (25, 100, 200, 300):
+            path = tmp_path / "eval" / arm / "sr_x2" / f"{step}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"psnr_y": scores.get((arm, step), 20.0)}))
+    steps, tasks = [25, 100, 200, 300], {"sr_x2": "Set5"}
+    lines = equal_steps_section(tmp_path, steps, tasks, "l0.1-d100", 200)
+    assert lines[1] == "## Equal training steps: pretrained (200 pretraining steps) vs from scratch"
+    assert lines[-1] == "| sr_x2 | 100 | 31.20 | 31.50 | -0.30 |"  # 100 + 200 = 300; 25: no 225
+    assert [line for line in lines if line.startswith("| sr_x2")] == [lines[-1]]
+    assert equal_steps_section(tmp_path, steps, tasks, "l0.1-d100", 150) == []
+    assert equal_steps_section(tmp_path, steps, tasks, "l0.1-d100", None) == []
