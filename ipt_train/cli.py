@@ -7,6 +7,8 @@ import click
 from ipt_data import UserErrorGroup, __version__
 from ipt_train.configs import (
     AMPS,
+    LOSS_WINDOW,
+    RESTORE_DEVICE,
     BenchConfig,
     EvalConfig,
     FinetuneConfig,
@@ -60,7 +62,7 @@ def tile_config(options: dict) -> TileConfig:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output folder.")
 @tiling_options
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default=RESTORE_DEVICE, show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--num-heads", type=int, default=None, help="Attention heads, if not 12 nor saved.")
 def restore(ckpt, task_name, inputs, out, device, num_heads, **options):
     """Restore image files and folders (INPUT...) with a checkpoint's TASK, as PNGs under OUT."""
@@ -298,7 +300,7 @@ def finetune(init, preset, task_name, shards, clean, pairs, **options):
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="[RUN/loss.png]")
-@click.option("--window", default=20, show_default=True, help="Steps averaged per point.")
+@click.option("--window", default=LOSS_WINDOW, show_default=True, help="Steps averaged per point.")
 @click.option("--grid-ckpt", default=None, type=click.Path(), help="Model to show.")
 @click.option("--grid-task", default="sr_x2", show_default=True, help="SR task of the grid.")
 @click.option("--grid-image", multiple=True, type=click.Path(dir_okay=False), help="HR image(s).")

@@ -18,6 +18,8 @@ from ipt_train.tilegrid import TileConfig
 
 SUPCON_WEIGHT = 0.1  # λ of the contrastive term (docs/training.md)
 FINETUNE_LR = 2e-5  # the paper's fine-tuning learning rate, constant
+RESTORE_DEVICE = "cpu"  # where `ipt-train restore` runs the model unless told
+LOSS_WINDOW = 20  # training steps averaged per point of `ipt-train plot`'s loss curves
 
 
 @dataclass(frozen=True)

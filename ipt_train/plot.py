@@ -24,6 +24,7 @@ from ipt_data import (
     write_bytes_atomic,
 )
 from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.configs import LOSS_WINDOW
 from ipt_train.restore import restore_image
 from ipt_train.tilegrid import TileConfig
 
@@ -62,7 +63,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-def plot_losses(run: str | Path, out: str | Path | None = None, window: int = 20) -> Path:
+def plot_losses(run: str | Path, out: str | Path | None = None, window: int = LOSS_WINDOW) -> Path:
     """Per-task L1 and SupCon against the step (raw, faint; smoothed, solid) -> ``RUN/loss.png``."""
     plt = pyplot()
     rows = read_log(run)

@@ -26,6 +26,7 @@ from ipt_data import (
     write_bytes_atomic,
 )
 from ipt_train.checkpoint import load_model, slot_for_task
+from ipt_train.configs import RESTORE_DEVICE
 from ipt_train.distributed import pick_device
 from ipt_train.tilegrid import TileConfig
 from ipt_train.tiling import restore_tiled
@@ -65,7 +66,7 @@ def restore_files(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     tiles: TileConfig | None = None,
-    device: str = "cpu",
+    device: str = RESTORE_DEVICE,
     num_heads: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
