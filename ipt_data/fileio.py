@@ -41,12 +41,14 @@ def read_whole(
     shown: str,
     missing: str = "no such file",
     explain: Callable[[OSError], str] = _strerror,
+    read: Callable[[], bytes] | None = None,
 ) -> bytes:
-    """The whole file ``path`` on ``fs``. A missing file (``<shown>: <missing>``), a folder, or
-    a file that cannot be read (``<shown>: cannot read (<explain(error)>)``) is a
-    :class:`UserError` naming ``shown``."""
+    """The whole file ``path`` on ``fs`` (or what ``read()`` returns, for a reader of its own
+    such as a bounded one). A missing file (``<shown>: <missing>``), a folder, or a file that
+    cannot be read (``<shown>: cannot read (<explain(error)>)``) is a :class:`UserError` naming
+    ``shown``."""
     try:
-        return fs.cat_file(path)
+        return read() if read else fs.cat_file(path)
     except FileNotFoundError:
         raise UserError(f"{shown}: {missing}") from None
     except IsADirectoryError:

@@ -23,7 +23,7 @@ from ipt_data.errors import UserError
 from ipt_data.layout import MANIFEST_NAME, ChunkStats
 from ipt_data.png import encoder_identity
 from ipt_data.remote import SetLocation, read_bytes
-from ipt_data.safety import check_manifest_entries
+from ipt_data.safety import MAX_MANIFEST_BYTES, check_manifest_entries
 from ipt_data.sources import SourceList
 from ipt_data.tasks import INPUT_SIZE, Task
 from ipt_data.version import __version__
@@ -147,7 +147,7 @@ def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
     bytes; a missing, unreadable, non-JSON or malformed one is one UserError."""
     where = location.describe(MANIFEST_NAME)
     missing = "no manifest (is this an ipt-data shard set? is its build finished?)"
-    data = read_bytes(location, MANIFEST_NAME, missing)
+    data = read_bytes(location, MANIFEST_NAME, missing, MAX_MANIFEST_BYTES)
     try:
         manifest = json.loads(data)
     except ValueError as error:

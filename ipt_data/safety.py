@@ -35,6 +35,10 @@ MAX_PNG_SIDE = 1024
 # Largest member accepted from a tar header: a 192x192 RGB PNG is at most ~111 kB even stored
 # uncompressed, a sample's JSON a few hundred bytes.
 MAX_MEMBER_BYTES = 4 << 20
+# Largest manifest.json read: ImageNet-1k's six tasks at 1000 images per shard list 7,692
+# shards in about 1.5 MB; 64 MiB holds forty times that. A URL that serves something larger is
+# refused, after reading only that many bytes where the store honours byte ranges.
+MAX_MANIFEST_BYTES = 64 << 20
 EXTENSIONS = ("input.png", "target.png", "json")
 _MEMBER_NAME = re.compile(r"^([^./\\\x00-\x1f\x7f]{1,200})\.(input\.png|target\.png|json)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -26,6 +26,7 @@ from ipt_data.manifest import read_set_manifest
 from ipt_data.png import encode_png
 from ipt_data.remote import open_location, read_shard
 from ipt_data.safety import (
+    MAX_MANIFEST_BYTES,
     MAX_MEMBER_BYTES,
     MAX_PNG_SIDE,
     check_png_header,
@@ -394,3 +395,26 @@ def test_pull_summary_and_error_lines_escape_control_characters(shard_set, tmp_p
     assert missing.exit_code == 1 and missing.output.startswith("Error: ")
     assert "\x1b" not in missing.output and "\x9b" not in missing.output
     assert "gone\\x1b[2J\\x9b" in missing.output
+
+
+def test_a_manifest_larger_than_any_real_one_is_refused(shard_set, tmp_path):
+    """A manifest.json of MAX_MANIFEST_BYTES + 1 bytes (a URL serving something else, or a
+    hostile one): one error, over a folder (which reads only the first MAX_MANIFEST_BYTES + 1)
+    and over loopback HTTP (python's server ignores ranges: read whole, then refused), and a
+    pull writes nothing. A large legitimate manifest still reads whole over HTTP."""
+    served = copy_set(shard_set, tmp_path / "served")
+    manifest = served / "manifest.json"
+    with manifest.open("ab") as file:  # 4 MB, in many stream reads: read whole, still JSON
+        file.write(b" " * (4_000_000 - manifest.stat().st_size))
+    with http_server(served) as server:
+        assert read_set_manifest(open_location(server.url))[1] == manifest.read_bytes()
+    with manifest.open("ab") as file:  # a valid manifest padded with spaces: JSON, too large
+        file.write(b" " * (MAX_MANIFEST_BYTES + 1 - manifest.stat().st_size))
+    assert manifest.stat().st_size > MAX_MANIFEST_BYTES
+    too_large = f"larger than {MAX_MANIFEST_BYTES:,} bytes, the most ipt-data reads here"
+    with pytest.raises(UserError, match=too_large):
+        read_set_manifest(open_location(served))
+    with http_server(served) as server:
+        result = CliRunner().invoke(main, ["pull", server.url, str(tmp_path / "copy")])
+    assert result.exit_code == 1 and too_large in result.output, result.output
+    assert not (tmp_path / "copy").exists()
