@@ -36,7 +36,7 @@ MAX_PNG_SIDE = 1024
 # uncompressed, a sample's JSON a few hundred bytes.
 MAX_MEMBER_BYTES = 4 << 20
 # Largest manifest.json read: ImageNet-1k's six tasks at 1000 images per shard list 7,692
-# shards in about 1.5 MB; 64 MiB holds forty times that. A URL that serves something larger is
+# shards in about 1.3 MB; 64 MiB holds fifty times that. A URL that serves something larger is
 # refused, after reading only that many bytes where the store honours byte ranges.
 MAX_MANIFEST_BYTES = 64 << 20
 EXTENSIONS = ("input.png", "target.png", "json")
