@@ -41,20 +41,25 @@ def read_whole(
     shown: str,
     missing: str = "no such file",
     explain: Callable[[OSError], str] = _strerror,
-    read: Callable[[], bytes] | None = None,
+    limit: int | None = None,
 ) -> bytes:
-    """The whole file ``path`` on ``fs`` (or what ``read()`` returns, for a reader of its own
-    such as a bounded one). A missing file (``<shown>: <missing>``), a folder, or a file that
-    cannot be read (``<shown>: cannot read (<explain(error)>)``) is a :class:`UserError` naming
-    ``shown``."""
+    """The whole file ``path`` on ``fs``. A missing file (``<shown>: <missing>``), a folder, or
+    a file that cannot be read (``<shown>: cannot read (<explain(error)>)``) is a
+    :class:`UserError` naming ``shown``; so is, with ``limit``, a file of more than ``limit``
+    bytes, of which only the first ``limit + 1`` are asked for (a byte range: that is all that
+    comes where the store honours ranges, a file or S3; a web server that ignores them sends
+    the whole body, refused all the same)."""
     try:
-        return read() if read else fs.cat_file(path)
+        data = fs.cat_file(path) if limit is None else fs.cat_file(path, start=0, end=limit + 1)
     except FileNotFoundError:
         raise UserError(f"{shown}: {missing}") from None
     except IsADirectoryError:
         raise UserError(f"{shown}: is a folder, expected a file") from None
     except OSError as error:
         raise UserError(f"{shown}: cannot read ({explain(error)})") from None
+    if limit is not None and len(data) > limit:
+        raise UserError(f"{shown}: larger than {limit:,} bytes, the most ipt-data reads here")
+    return data
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

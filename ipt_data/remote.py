@@ -128,19 +128,10 @@ def read_bytes(
     location: SetLocation, relative: str, missing: str = "not found", limit: int | None = None
 ) -> bytes:
     """The whole file ``relative`` of the set (:func:`ipt_data.fileio.read_whole`); a missing
-    (``<url>/<relative>: <missing>``) or unreachable one is a UserError. With ``limit``, the
-    first ``limit + 1`` bytes are asked for, and a file larger than ``limit`` is a UserError."""
+    (``<url>/<relative>: <missing>``) or unreachable one is a UserError, and so is, with
+    ``limit``, one of more than ``limit`` bytes (only the first ``limit + 1`` are asked for)."""
     path, shown = location.path(relative), location.describe(relative)
-
-    def read_at_most() -> bytes:
-        # A byte range: only that much comes where the store honours ranges (files, S3, most
-        # web servers); one that ignores them sends the whole body, refused all the same.
-        data = location.fs.cat_file(path, start=0, end=limit + 1)
-        if len(data) > limit:
-            raise UserError(f"{shown}: larger than {limit:,} bytes, the most ipt-data reads here")
-        return data
-
-    return read_whole(location.fs, path, shown, missing, describe, read_at_most if limit else None)
+    return read_whole(location.fs, path, shown, missing, describe, limit)
 
 
 def read_many(location: SetLocation, relatives: list[str]) -> list[bytes]:
