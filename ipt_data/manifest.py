@@ -29,7 +29,10 @@ from ipt_data.tasks import INPUT_SIZE, Task
 from ipt_data.version import __version__
 
 FORMAT = "ipt-data shard set"
+# The version this ipt-data writes, and those it reads (docs/format.md#version): version 2 is
+# read already, before the builder writes it.
 FORMAT_VERSION = 1
+READ_FORMAT_VERSIONS = (1, 2)
 SHARD_FIELDS = {"path": str, "samples": int, "bytes": int, "sha256": str}
 
 
@@ -158,8 +161,9 @@ def read_set_manifest(location: SetLocation) -> tuple[dict, bytes]:
 
 def validate_manifest(manifest: object, where: str) -> None:
     """Refuse (:class:`UserError` naming ``where``) a manifest that is not a well-formed
-    manifest of this format (each of :data:`REQUIRED_FIELDS`, :data:`TASK_FIELDS` and
-    :data:`SHARD_FIELDS` present with its type), or whose shard entries are unsafe
+    manifest of this format in one of :data:`READ_FORMAT_VERSIONS` (each of
+    :data:`REQUIRED_FIELDS`, :data:`TASK_FIELDS` and :data:`SHARD_FIELDS` present with its
+    type), or whose shard entries are unsafe
     (:func:`ipt_data.safety.check_manifest_entries`: paths leaving the set, duplicates, bad
     sha256, negative counts). Every reader of a manifest, local or remote, goes through here."""
 
@@ -168,10 +172,11 @@ def validate_manifest(manifest: object, where: str) -> None:
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fail(f"not an {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if not (_is(version, int) and version in READ_FORMAT_VERSIONS):
         fail(
-            f"format version {manifest.get('format_version')!r}, this tool reads "
-            f"{FORMAT_VERSION} (a set written by a newer ipt-data needs that version)"
+            f"format version {version!r}, this tool reads {_versions(READ_FORMAT_VERSIONS)} "
+            "(a set written by a newer ipt-data needs that version)"
         )
     for key in ("params", "source", "images", "tasks"):
         if not isinstance(manifest.get(key), dict):
@@ -199,6 +204,12 @@ def validate_manifest(manifest: object, where: str) -> None:
             ):
                 fail(f"task {name!r}: a shard entry lacks path/samples/bytes/sha256")
     check_manifest_entries(manifest, where)
+
+
+def _versions(versions: tuple[int, ...]) -> str:
+    """``1 and 2``, ``1, 2 and 3``."""
+    names = [str(version) for version in versions]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")

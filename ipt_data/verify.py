@@ -3,7 +3,8 @@
 ``verify_shard_set`` streams every shard once through the one shard stream
 (:func:`ipt_data.remote.read_shard`: size, sha256 and sample count against the manifest, member
 and PNG-header gates) and decodes each sample as it passes: ``input.png`` 48×48 RGB,
-``target.png`` 48s×48s RGB, ``json`` an object. Local shards are checked in parallel processes,
+``target.png`` 48s×48s RGB, ``json`` an object whose ``image_seed``, where it has one, is
+spelt as the set's format version writes it. Local shards are checked in parallel processes,
 a remote set's in threads (each shard fetched once, nothing kept). The result names every bad
 shard with its first problem; a shard whose bytes differ from the manifest is named for that
 rather than for a sample that then fails to decode.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,13 @@ from ipt_data.safety import check_png_header
 
 @dataclass(frozen=True)
 class ShardCheck:
-    """One shard to check: its manifest entry and its task's PNG sides."""
+    """One shard to check: its manifest entry, its task's PNG sides and the set's format
+    version (which says how its sample JSON spells ``image_seed``)."""
 
     entry: dict  # path, samples, bytes, sha256
     input_size: int
     target_size: int
+    format_version: int
 
     @property
     def name(self) -> str:
@@ -98,8 +102,9 @@ def verify_shard_set(
 
 
 def _shard_checks(manifest: dict) -> list[ShardCheck]:
+    version = manifest["format_version"]
     return [
-        ShardCheck(shard, task["input_size"], task["target_size"])
+        ShardCheck(shard, task["input_size"], task["target_size"], version)
         for task in manifest["tasks"].values()
         for shard in task["shards"]
     ]
@@ -164,11 +169,38 @@ def _sample_problem(sample: dict, check: ShardCheck) -> str | None:
         if image is None or image.shape != (side, side, 3) or image.dtype != np.uint8:
             shape = None if image is None else image.shape
             return f"unreadable: sample {key}: {extension} is {shape}, expected ({side}, {side}, 3)"
+    problem = _json_problem(sample["json"], check.format_version)
+    return f"unreadable: sample {key}: {problem}" if problem else None
+
+
+def _json_problem(data: bytes, format_version: int) -> str | None:
+    """What is wrong with a sample's JSON: not JSON, not an object, or an ``image_seed`` that
+    its format version does not write (docs/format.md#sample-json); None if nothing. The other
+    fields are for people and replays: readers do not depend on them."""
     try:
-        is_object = isinstance(json.loads(sample["json"]), dict)
+        metadata = json.loads(data)
     except ValueError as error:
-        return f"unreadable: sample {key}: json does not parse ({error})"
-    return None if is_object else f"unreadable: sample {key}: json is not an object"
+        return f"json does not parse ({error})"
+    if not isinstance(metadata, dict):
+        return "json is not an object"
+    if "image_seed" not in metadata:
+        return None
+    seed = metadata["image_seed"]
+    if format_version == 1:  # a JSON integer (docs/format.md#reading-older-versions)
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64:
+            return None
+        expected = "an integer from 0 to 2**64-1"
+    else:  # decimal digits, no sign or leading zero, so that Arrow reads the field
+        if isinstance(seed, str) and _DECIMAL.fullmatch(seed) and int(seed) < 2**64:
+            return None
+        expected = "a string of decimal digits below 2**64"
+    shown = json.dumps(seed)  # ASCII, control characters escaped
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"json image_seed is {shown}, format {format_version} writes {expected}"
+
+
+# At most 20 digits (2**64 has 20), checked before int() reads them.
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 def describe_shard_set(shard_set: str | Path) -> list[str]:

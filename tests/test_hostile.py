@@ -300,6 +300,10 @@ def _mutated(manifest: dict, change: str) -> object:
         manifest.pop("tasks")
     elif change == "version":
         manifest["format_version"] = 99
+    elif change == "version_3":
+        manifest["format_version"] = 3
+    elif change == "version_true":
+        manifest["format_version"] = True
     elif change == "no_sha":
         shard.pop("sha256")
     elif change == "bad_sha":
@@ -332,6 +336,8 @@ def _mutated(manifest: dict, change: str) -> object:
         ("list", "not an ipt-data shard set manifest"),
         ("no_tasks", "missing 'tasks'"),
         ("version", "format version 99"),
+        ("version_3", r"format version 3, this tool reads 1 and 2 \(a set written by a newer"),
+        ("version_true", "format version True"),  # true == 1 in Python: it passed before
         ("no_sha", "lacks path/samples/bytes/sha256"),
         ("bad_sha", "has no valid sha256"),
         ("samples_text", "lacks path/samples/bytes/sha256"),
