@@ -43,7 +43,14 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from ipt_data.png import PngError, decode_png, encode_png
     from ipt_data.progress import progress_bar
     from ipt_data.rain import Rain
-    from ipt_data.remote import SetLocation, open_set_location, read_shard, storage_errors
+    from ipt_data.remote import (
+        SetLocation,
+        open_set_location,
+        read_shard,
+        retried,
+        storage_errors,
+        timeout_options,
+    )
     from ipt_data.safety import refuse_foreign_members
     from ipt_data.sources import SourceList, open_sources, walk_sources
     from ipt_data.superres import BicubicDownscale
@@ -83,7 +90,14 @@ _PUBLIC_NAMES_BY_MODULE = {
     "ipt_data.png": ("PngError", "decode_png", "encode_png"),
     "ipt_data.progress": ("progress_bar",),
     "ipt_data.rain": ("Rain",),
-    "ipt_data.remote": ("SetLocation", "open_set_location", "read_shard", "storage_errors"),
+    "ipt_data.remote": (
+        "SetLocation",
+        "open_set_location",
+        "read_shard",
+        "retried",
+        "storage_errors",
+        "timeout_options",
+    ),
     "ipt_data.safety": ("refuse_foreign_members",),
     "ipt_data.sources": ("SourceList", "open_sources", "walk_sources"),
     "ipt_data.superres": ("BicubicDownscale",),
@@ -141,12 +155,14 @@ __all__ = [
     "read_set_manifest",
     "read_shard",
     "refuse_foreign_members",
+    "retried",
     "rgb_to_y",
     "sr_images",
     "ssim",
     "ssim_rgb",
     "ssim_y",
     "storage_errors",
+    "timeout_options",
     "upscale",
     "walk_sources",
     "write_bytes_atomic",

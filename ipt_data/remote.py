@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -180,14 +181,23 @@ def describe(error: Exception) -> str:
 
 def _http_options(url: str) -> dict:
     """fsspec filesystem options for ``url``: the time limits above for http(s), else none."""
-    if not _is_http(url):
-        return {}
-    import aiohttp
+    return timeout_options(url) if _is_http(url) else {}
 
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=HTTP_CONNECT_SECONDS, sock_read=HTTP_SILENCE_SECONDS
-    )
-    return {"client_kwargs": {"timeout": timeout}}
+
+def timeout_options(
+    url: str, silence: float = HTTP_SILENCE_SECONDS, connect: float = HTTP_CONNECT_SECONDS
+) -> dict:
+    """fsspec storage options that give up on a connection not made in ``connect`` seconds or
+    silent for ``silence`` seconds (no limit on a whole transfer): aiohttp's time-outs for
+    http(s), botocore's for s3; {} elsewhere (a folder has none). For :func:`open_set_location`."""
+    if _is_http(url):
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=silence)
+        return {"client_kwargs": {"timeout": timeout}}
+    if url.startswith("s3://"):
+        return {"config_kwargs": {"read_timeout": silence, "connect_timeout": connect}}
+    return {}
 
 
 class CopyStopped(Exception):
@@ -261,6 +271,7 @@ def read_shard(
     shard: dict,
     copy_to: IO[bytes] | None = None,
     stop: threading.Event | None = None,
+    offsets: bool = False,
 ) -> Iterator[dict]:
     """The raw samples of one shard of the set at ``location``, ``shard`` being its manifest
     entry (``path``, ``bytes``, ``sha256``, ``samples``): the one way shards are read as
@@ -276,7 +287,8 @@ def read_shard(
     at the end, after the shard's samples were yielded: a consumer must not keep anything of a
     shard for good before the stream has ended (a copy publishes the shard only then).
 
-    ``copy_to`` receives every byte read; once ``stop`` is set the next block raises
+    ``copy_to`` receives every byte read; ``offsets`` adds each sample's member offsets
+    (:func:`ipt_data.safety.read_samples`); once ``stop`` is set the next block raises
     :class:`CopyStopped`. Errors of the storage (a missing file: FileNotFoundError; a dropped
     connection, a time-out) are raised as they come, for the caller to retry (:func:`retried`)
     or report.
@@ -285,7 +297,7 @@ def read_shard(
     samples = 0
     with open_read(location, shard["path"]) as incoming:
         stream = CheckedStream(incoming, name, shard["bytes"], copy_to, stop)
-        for sample in read_samples(stream, name):
+        for sample in read_samples(stream, name, offsets):
             samples += 1
             yield sample
         stream.drain()
@@ -294,26 +306,33 @@ def read_shard(
         raise UserError(f"{name}: {samples} samples, manifest says {shard['samples']}; refused")
 
 
-def retried(name: str, attempt: Callable[[], Result]) -> Result:
+def retried(name: str, attempt: Callable[[], Result], attempts: int = RETRIES) -> Result:
     """``attempt()``, started over while the storage fails (a dropped connection, an HTTP error,
-    a time-out): :data:`RETRIES` attempts in all, 0.5 s and then 1 s apart. A missing file
-    (``<name>: not found (listed in the manifest)``) and the last failure are a UserError naming
-    ``name``; an attempt's UserError (a shard that disagrees with its manifest) is raised as it
-    is, without another attempt."""
+    a time-out): ``attempts`` in all, :func:`backoff` apart (0.5 s, 1 s, 2 s, ...). A missing
+    file (``<name>: not found (listed in the manifest)``) and the last failure are a UserError
+    naming ``name``; an attempt's UserError (a shard that disagrees with its manifest) is raised
+    as it is, without another attempt."""
     import aiohttp
 
-    for number in range(1, RETRIES + 1):
+    for number in range(1, attempts + 1):
         try:
             return attempt()
         except FileNotFoundError:
             raise UserError(f"{name}: not found (listed in the manifest)") from None
         except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
-            if number == RETRIES:
+            if number == attempts:
                 raise UserError(
-                    f"{name}: transfer failed after {RETRIES} attempts ({describe(error)})"
+                    f"{name}: transfer failed after {attempts} attempts ({describe(error)})"
                 ) from None
-            time.sleep(0.5 * number)
+            time.sleep(backoff(number))
     raise AssertionError("unreachable")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failed attempt: 0.5 s doubling per failure, at
+    most 30 s, each within ±25% at random so that the many readers of one store that a network
+    fault stopped together do not all come back at the same instant."""
+    return min(30.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
 
 
 # What a write that cannot happen raises (a read-only place, a file where a folder should be);

@@ -123,9 +123,11 @@ def check_png_header(data: bytes, name: str) -> tuple[int, int]:
     return width, height
 
 
-def read_samples(stream: IO[bytes], shard: str) -> Iterator[dict]:
+def read_samples(stream: IO[bytes], shard: str, offsets: bool = False) -> Iterator[dict]:
     """The raw samples of a tar shard, as webdataset stages expect them:
-    ``{"__key__", "__url__", "input.png", "target.png", "json"}`` with undecoded bytes.
+    ``{"__key__", "__url__", "input.png", "target.png", "json"}`` with undecoded bytes; with
+    ``offsets``, also ``"__offsets__"``: member extension -> (byte offset of its data in the
+    shard, its size), from which a reader of a local copy can read the sample again directly.
 
     ``stream`` is read front to back once (it may be a network stream). Every member passes
     :func:`check_member` before it is read; every sample passes :func:`check_sample` (its
@@ -142,6 +144,11 @@ def read_samples(stream: IO[bytes], shard: str) -> Iterator[dict]:
                     sample = {}
                 data = tar.extractfile(member).read()
                 sample.update({"__key__": key, "__url__": shard, extension: data})
+                if offsets:
+                    sample.setdefault("__offsets__", {})[extension] = (
+                        member.offset_data,
+                        member.size,
+                    )
     except tarfile.TarError as error:
         raise UserError(f"{shard}: not a readable tar ({error}); refused") from None
     if sample:
