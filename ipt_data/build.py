@@ -95,6 +95,7 @@ def _check_outside_the_source(sources: SourceList, location: SetLocation) -> Non
 
 
 def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> BuildResult:
+    sources = sources.in_build_order(config.seed)  # chunks, keys and fingerprint follow it
     identity = build_identity(
         list(config.tasks),
         config.patches_per_image,
@@ -156,6 +157,7 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
     identity = json.loads(dump_json(identity))  # as it reads back: tuples become lists
     if file_size(location, PARAMS_NAME) is not None:
         earlier = _load_json(location, PARAMS_NAME)
+        _refuse_another_format(location, earlier, identity["format_version"])
         _refuse_another_encoder(location, png_encoder_of(earlier), identity["png_encoder"])
         if earlier != identity:
             raise UserError(
@@ -172,6 +174,19 @@ def claim_output(location: SetLocation, identity: dict, *, check_only: bool = Fa
     if not check_only:
         write_bytes(location, PARAMS_NAME, dump_json(identity))
     return False
+
+
+def _refuse_another_format(location: SetLocation, earlier: object, now: int) -> None:
+    """A set is of one format version (docs/format.md#builder-state-_build): continuing a
+    version-1 set would put hash-ordered chunks and string seeds beside name-ordered chunks and
+    integer seeds, so a build of another version is refused in one line, not as a difference."""
+    version = earlier.get("format_version") if isinstance(earlier, dict) else None
+    if version != now:
+        raise UserError(
+            f"{location.url} holds a shard set of format version {version}, and this ipt-data "
+            f"builds version {now}; a build does not continue a set of another version: build "
+            "into a new folder (another --out)"
+        )
 
 
 def _refuse_another_encoder(location: SetLocation, earlier: str, now: str) -> None:

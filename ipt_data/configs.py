@@ -81,4 +81,6 @@ class BuildConfig:
             raise UserError(f"--images-per-shard must be at least 1, got {self.images_per_shard}")
         if not self.tasks:
             raise UserError("no task to build")
+        if not -(2**63) <= self.seed < 2**63:  # every sample's JSON holds it, in Arrow's int64
+            raise UserError(f"--seed must be a 64-bit integer (-2**63 .. 2**63-1), got {self.seed}")
         check_png_encoder(self.png_encoder)

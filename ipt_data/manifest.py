@@ -29,9 +29,10 @@ from ipt_data.tasks import INPUT_SIZE, Task
 from ipt_data.version import __version__
 
 FORMAT = "ipt-data shard set"
-# The version this ipt-data writes, and those it reads (docs/format.md#version): version 2 is
-# read already, before the builder writes it.
-FORMAT_VERSION = 1
+# The version this ipt-data writes, and those it reads (docs/format.md#version): version 1 put
+# images into chunks in name order and wrote each sample's image_seed as a JSON integer
+# (docs/format.md#reading-older-versions).
+FORMAT_VERSION = 2
 READ_FORMAT_VERSIONS = (1, 2)
 SHARD_FIELDS = {"path": str, "samples": int, "bytes": int, "sha256": str}
 

@@ -1,17 +1,21 @@
 """The source stage: which images a build reads, in a fixed order, cut into chunks.
 
 A source is named by its *image id*, its path relative to the source root written with ``/``.
-The id seeds the image's random streams and appears in every sample, so the order and the ids
-must not depend on the file system's listing order: folders are walked recursively and the ids
-sorted. Files whose extension is not an image's are counted, not read; a file that has an
-image extension but is not an image is the decoder's business (it is skipped with a reason).
+The id seeds the image's random streams and appears in every sample, so the selection and the
+order must not depend on the file system's listing order: folders are walked recursively and
+the ids sorted, and ``--limit`` keeps the first ones of that (or of a list's own order). The
+build then takes the selected ids in the seeded hash order of :meth:`SourceList.in_build_order`
+(docs/format.md#build-order), so that a shard holds images from all over the source rather than
+one class folder. Files whose extension is not an image's are counted, not read; a file that
+has an image extension but is not an image is the decoder's business (it is skipped with a
+reason).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ipt_data.errors import UserError
@@ -23,7 +27,9 @@ IMAGE_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class SourceList:
-    """The images of one build: ``ids`` in build order, each read from ``root / id``."""
+    """The images of one build, each read from ``root / id``: ``ids`` as selected (a walk's
+    sorted by name, a list's in its own order, ``--limit`` applied), or in build order once
+    :meth:`in_build_order` has ordered them (:func:`ipt_data.build.build_shards` does)."""
 
     root: Path
     ids: tuple[str, ...]
@@ -32,16 +38,32 @@ class SourceList:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the ordered id list: two builds read the same images iff it matches."""
+        """sha256 of the ids in their order (docs/format.md#fields, note 3): of a list in build
+        order, the manifest's ``source.fingerprint``."""
         digest = hashlib.sha256()
         for image_id in self.ids:
             digest.update(image_id.encode("utf-8", "surrogateescape") + b"\n")
         return digest.hexdigest()
 
+    def in_build_order(self, seed: int) -> SourceList:
+        """The same images in the build order of format 2 (docs/format.md#build-order): sorted
+        by the sha256 of ``f"{seed}\\0{id}"``, ties (never seen) by id. The order depends on
+        which ids there are and on the seed, not on the order they came in, so ordering twice
+        changes nothing."""
+        return replace(self, ids=tuple(sorted(self.ids, key=lambda i: (order_key(seed, i), i))))
+
     def chunks(self, images_per_chunk: int) -> list[tuple[str, ...]]:
         """Consecutive runs of ``images_per_chunk`` ids; chunk i becomes shard i of each task."""
         step = images_per_chunk
         return [self.ids[start : start + step] for start in range(0, len(self.ids), step)]
+
+
+def order_key(seed: int, image_id: str) -> bytes:
+    """An image's place in the build order: the sha256 digest of ``f"{seed}\\0{image_id}"``,
+    encoded as UTF-8 with undecodable file-name bytes kept as they are (as the image's seeds,
+    :func:`ipt_data.seeding.image_rng`); digests compare as bytes."""
+    text = f"{seed}\0{image_id}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
 
 def is_image_name(name: str) -> bool:
@@ -50,7 +72,8 @@ def is_image_name(name: str) -> bool:
 
 
 def walk_sources(root: str | Path, limit: int | None = None) -> SourceList:
-    """All image files under ``root`` (recursively), sorted by id; the first ``limit`` if given.
+    """All image files under ``root`` (recursively), sorted by id; the first ``limit`` of them
+    (by name) if given.
 
     Symlinked folders are followed (a tree of class folders linked from elsewhere is common on
     clusters; they were silently left out), each real folder once: a link back up the tree, or

@@ -172,7 +172,9 @@ def _write_pairs(
             "box": list(pair.box),
             "task": task_params,
             "seed": job.seed,
-            "image_seed": seed64,
+            # Decimal digits, not a JSON number: half of all seeds are >= 2**63, past the int64
+            # that Arrow infers for a number column (docs/format.md#sample-json).
+            "image_seed": str(seed64),
             "patch": patch,
         }
         members = {

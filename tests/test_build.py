@@ -119,6 +119,17 @@ def built(ray_instance, tree, tmp_path_factory) -> Path:
     return out
 
 
+def build_order(ids, seed: int) -> list[str]:
+    """docs/format.md#build-order, written out again from the page: ids sorted by the sha256 of
+    f"{seed}\\0{id}" (UTF-8, undecodable bytes as they are), ties by id."""
+
+    def key(image_id: str) -> tuple[bytes, str]:
+        text = f"{seed}\0{image_id}".encode("utf-8", "surrogateescape")
+        return hashlib.sha256(text).digest(), image_id
+
+    return sorted(ids, key=key)
+
+
 def test_sources_are_sorted_and_non_images_counted(tree, tmp_path):
     sources = walk_sources(tree)
     assert list(sources.ids) == sorted(sources.ids) and len(sources.ids) == 15
@@ -131,6 +142,26 @@ def test_sources_are_sorted_and_non_images_counted(tree, tmp_path):
     assert from_list.fingerprint != walk_sources(tree, limit=2).fingerprint
     with pytest.raises(UserError, match="no such folder"):
         walk_sources(tree / "missing")
+
+
+def test_the_build_order_is_a_seeded_hash_of_the_ids(tree):
+    """Format 2 builds the selected ids in the order of sha256(seed, id): whatever order they
+    came in, another order per seed, and --limit picks the first ids by name before it."""
+    sources = walk_sources(tree)
+    ordered = sources.in_build_order(0)
+    assert list(ordered.ids) == build_order(sources.ids, 0) != list(sources.ids)
+    assert ordered.in_build_order(0) == ordered  # ordering twice changes nothing
+    shuffled = dataclasses.replace(sources, ids=tuple(reversed(sources.ids)))
+    assert shuffled.in_build_order(0) == ordered
+    assert ordered.fingerprint != sources.fingerprint
+    other = sources.in_build_order(1)
+    assert list(other.ids) == build_order(sources.ids, 1)
+    assert other.ids != ordered.ids and sorted(other.ids) == sorted(ordered.ids)
+    assert other.fingerprint != ordered.fingerprint
+    first_four = set(sources.ids[:4])  # the first four by name, whatever the seed
+    for seed in (0, 1, 2**63 - 1, -5):
+        limited = walk_sources(tree, limit=4).in_build_order(seed)
+        assert set(limited.ids) == first_four and list(limited.ids) == build_order(first_four, seed)
 
 
 def test_manifest_counts_sizes_and_hashes(built):
@@ -193,6 +224,39 @@ def _assert_corrupted(task, low: np.ndarray, high: np.ndarray) -> None:
         assert 0.85 * sigma < residual.std() < 1.1 * sigma
 
 
+def sample_places(out: Path, task: str) -> list[tuple[int, int, str]]:
+    """(shard index, key number, source) of every sample of ``task``'s shards, in shard order."""
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    places = []
+    for index, shard in enumerate(manifest["tasks"][task]["shards"]):
+        with tarfile.open(out / shard["path"]) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    source = json.loads(tar.extractfile(member).read())["source"]
+                    places.append((index, int(member.name[:8]), source))
+    return places
+
+
+def test_chunks_and_keys_follow_the_seeded_hash_order(built, tree, tmp_path):
+    """Shard i holds images i*N .. i*N+N-1 of the hash order and a key's number is the image's
+    place in it (a skipped image keeps its place); another seed deals other images to the
+    shards, by the same rule."""
+    other = tmp_path / "seed1"
+    config = _config(workers=2, seed=1, tasks=(TASKS["derain"],), patches_per_image=1)
+    build_shards(walk_sources(tree), other, config)
+    chunks = {}
+    for out, seed, task in ((built, 0, "sr_x2"), (built, 0, "derain"), (other, 1, "derain")):
+        order = build_order(walk_sources(tree).ids, seed)
+        places = sample_places(out, task)
+        numbers = [number for _, number, _ in places]
+        assert numbers == sorted(numbers)
+        for shard, number, source in places:
+            assert order[number] == source and shard == number // IMAGES_PER_SHARD
+        assert len({source for _, _, source in places}) == EXPECTED_DECODED
+        chunks[seed] = [{source for shard, _, source in places if shard == i} for i in range(4)]
+    assert chunks[0] != chunks[1]
+
+
 def test_one_worker_gives_the_same_bytes(built, tree, tmp_path):
     out = tmp_path / "one"
     result = build_shards(walk_sources(tree), out, _config(workers=1))
@@ -249,6 +313,31 @@ def test_the_manifest_names_the_png_encoder_and_info_shows_it(built):
     assert manifest["png_encoder"] == encoder_identity()
     assert manifest["png_encoder"].startswith("ipt-png 1 (Up filter, libdeflate level 1, deflate")
     assert f"PNG encoder: {encoder_identity()}" in describe_shard_set(built)
+
+
+def test_a_format_1_set_is_not_continued(built, tree, tmp_path):
+    """A set of format 1 (name-ordered chunks, integer image_seed) is not resumed by this
+    builder, whose chunks would hold other images: one Error line asking for a new folder,
+    nothing written."""
+    from click.testing import CliRunner
+    from test_verify import as_format_1
+
+    from ipt_data.cli import main
+
+    out = as_format_1(shutil.copytree(built, tmp_path / "v1"))
+    (out / "sr_x2" / "sr_x2-000003.tar").unlink()  # an unfinished chunk to resume
+    (out / "manifest.json").unlink()
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    options = ["--patches-per-image", str(PATCHES), "--images-per-shard", str(IMAGES_PER_SHARD)]
+    command = ["build", "--src", str(tree), "--out", str(out), *options, "--no-progress"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output == (
+        f"Error: {out} holds a shard set of format version 1, and this ipt-data builds version "
+        "2; a build does not continue a set of another version: build into a new folder "
+        "(another --out)\n"
+    )
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -336,6 +425,8 @@ def decoded_members(folder: Path) -> dict[str, bytes]:
         (["--src", "{tree}", "--out", "{tmp}/o", "--workers", "0"], "--workers must be at least"),
         (["--src", "{tree}", "--out", "{tmp}/o", "--workers", "-1"], "--workers must be at least"),
         (["--src", "{tree}", "--out", "{tmp}/o", "--limit", "-1"], "--limit must be at least 1"),
+        # every sample's JSON holds the seed: it stays within Arrow's int64
+        (["--src", "{tree}", "--out", "{tmp}/o", "--seed", str(2**63)], "--seed must be a 64-bit"),
         # a file where the output folder (or one of its parents) should be: was a traceback
         (["--src", "{tree}", "--out", "{file}"], "it is a file; a shard set is a folder"),
         (["--src", "{tree}", "--out", "{file}/o"], "file; a shard set is a folder"),
@@ -367,20 +458,31 @@ def test_build_command_user_errors_are_one_line(tree, tmp_path, arguments, messa
     assert not (tree / "shards").exists()
 
 
-def test_build_from_a_file_list_follows_its_order(ray_instance, tree, tmp_path):
-    listed = tmp_path / "list.txt"
-    listed.write_text("n00000001/rocket.JPEG\nn00000000/chelsea.JPEG\nn99999999/notes.txt\n")
-    sources = open_sources(tree, listed)
-    out = tmp_path / "listed"
+def test_a_file_list_is_built_in_hash_order_whatever_its_own_order(ray_instance, tree, tmp_path):
+    """A --files list's order decides which images --limit keeps, no longer the chunks: the
+    same images listed in another order give the same set, byte for byte."""
+    names = ["n00000001/rocket.JPEG", "n00000000/chelsea.JPEG", "n00000002/motorcycle_left.JPEG"]
     config = _config(workers=2, tasks=(TASKS["denoise_30"],), images_per_shard=1)
-    manifest = build_shards(sources, out, config).manifest
-    assert manifest["images"] == {"listed": 2, "decoded": 2, "skipped": {"non_image_file": 1}}
-    assert manifest["source"]["fingerprint"] == sources.fingerprint
-    firsts = [
-        first_sample_source(out / shard["path"])
-        for shard in manifest["tasks"]["denoise_30"]["shards"]
-    ]
-    assert firsts == ["n00000001/rocket.JPEG", "n00000000/chelsea.JPEG"]
+    manifests = []
+    for number, listed_names in enumerate((names, names[::-1])):
+        listed = tmp_path / f"list{number}.txt"
+        listed.write_text("\n".join([*listed_names, "n99999999/notes.txt", ""]))
+        sources = open_sources(tree, listed)
+        out = tmp_path / f"listed{number}"
+        manifest = build_shards(sources, out, config).manifest
+        assert manifest["images"] == {"listed": 3, "decoded": 3, "skipped": {"non_image_file": 1}}
+        assert manifest["source"]["fingerprint"] == sources.in_build_order(0).fingerprint
+        firsts = [
+            first_sample_source(out / shard["path"])
+            for shard in manifest["tasks"]["denoise_30"]["shards"]
+        ]
+        assert firsts == build_order(names, 0)
+        manifests.append((out / "manifest.json").read_bytes())
+    assert manifests[0] == manifests[1]
+    assert shard_hashes(tmp_path / "listed0") == shard_hashes(tmp_path / "listed1")
+    # --limit takes the list's first images, then orders them
+    limited = open_sources(tree, tmp_path / "list1.txt", limit=2).in_build_order(0)
+    assert list(limited.ids) == build_order(names[::-1][:2], 0)
 
 
 def test_a_task_built_from_the_python_api_uses_its_own_parameters(built, tree, tmp_path):

@@ -120,7 +120,7 @@ def test_info_and_verify_read_a_set_over_http(shard_set):
         missing = CliRunner().invoke(main, ["info", f"{server.url}/sr_x2"])
     assert info.exit_code == 0 and verify.exit_code == 0, info.output + verify.output
     assert info.output.splitlines()[1:] == local[0].output.splitlines()[1:]
-    assert info.output.startswith(f"shard set {server.url} (format 1, ")
+    assert info.output.startswith(f"shard set {server.url} (format 2, ")
     assert verify.stdout == local[1].stdout == "OK: 6 shards, 24 samples\n"  # progress: stderr
     # each shard fetched once, the manifest once per command, nothing else asked for
     shards = {f"/{path}": 1 for path in _paths(shard_set)}

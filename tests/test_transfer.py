@@ -289,3 +289,21 @@ def test_push_without_credentials_is_one_clear_error(shard_set, tmp_path, monkey
     s3fs.S3FileSystem.clear_instance_cache()
     assert run.exit_code == 1 and "Traceback" not in run.output
     assert run.output.startswith(f"Error: {shard_set} -> s3://sets/x: NoCredentialsError")
+
+
+def test_a_format_1_set_is_pulled_and_pushed_as_it_is(shard_set, tmp_path):
+    """Sets written before format 2 still copy: byte for byte when whole, and as a subset whose
+    new manifest keeps format_version 1; every copy verifies as a format-1 set."""
+    from test_verify import as_format_1
+
+    old = as_format_1(copy_set(shard_set, tmp_path / "v1"))
+    with http_server(old) as server:
+        assert pull(server.url, tmp_path / "pulled").copied == 6
+        subset = pull(server.url, tmp_path / "subset", tasks="denoise_30", shards="1:")
+    assert tree_hashes(tmp_path / "pulled") == tree_hashes(old)
+    assert subset.copied == 2 and subset.manifest["format_version"] == 1
+    assert json.loads((tmp_path / "subset" / "manifest.json").read_bytes())["format_version"] == 1
+    assert push(old, str(tmp_path / "pushed")).copied == 6
+    assert tree_hashes(tmp_path / "pushed") == tree_hashes(old)
+    for copy in ("pulled", "subset", "pushed"):
+        assert verify_shard_set(tmp_path / copy, workers=1).ok

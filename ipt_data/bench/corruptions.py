@@ -87,7 +87,7 @@ def _metadata(image: np.ndarray, pair: PatchPair, number: int) -> dict:
         "box": list(pair.box),
         "task": TASKS["sr_x2"].params(),
         "seed": 0,
-        "image_seed": 2**63 + number,
+        "image_seed": str(2**63 + number),  # decimal digits, as format 2 writes it
         "patch": number % 8,
     }
 
