@@ -164,7 +164,44 @@ def training_options(defaults: TrainConfig):
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
         click.option("--checkpoint-every", default=defaults.checkpoint_every, show_default=True),
         click.option("--workers", default=loader.workers, show_default=True, help="Per rank."),
-        click.option("--shuffle-buffer", default=loader.shuffle_buffer, show_default=True),
+        click.option(
+            "--shuffle-block",
+            default=loader.shuffle_block,
+            show_default=True,
+            help="Samples shuffled together (shards joined into blocks of at least this many).",
+        ),
+        click.option(
+            "--shuffle-buffer", type=int, hidden=True, help="Deprecated: see --shuffle-block."
+        ),
+        click.option(
+            "--cache",
+            type=click.Path(file_okay=False),
+            help="The node's shard cache folder "
+            "[default: $IPT_CACHE, else ~/.cache/ipt-toolkit/shards].",
+        ),
+        click.option(
+            "--cache-limit",
+            help="Most bytes the cache holds: 200G, 1.5T, or a share of the free disk: 40%. "
+            "[default: half the free disk]",
+        ),
+        click.option(
+            "--fetch-attempts",
+            default=loader.fetch_attempts,
+            show_default=True,
+            help="Tries at a remote shard while the storage fails, with backoff.",
+        ),
+        click.option(
+            "--fetch-timeout",
+            default=loader.fetch_timeout,
+            show_default=True,
+            help="Seconds without a byte or a connection before a try fails.",
+        ),
+        click.option(
+            "--read-ahead",
+            default=loader.read_ahead,
+            show_default=True,
+            help="Threads per loader worker making the next shards ready.",
+        ),
         click.option("--no-augment", is_flag=True, help="No random flips/rotations."),
         click.option("--device", default=defaults.device, show_default=True, help="auto/cpu/cuda"),
         click.option(
@@ -189,11 +226,22 @@ def _train_config(options: dict):
     """(TrainConfig, LoaderConfig) from the shared options (removed from ``options``)."""
     lr, lr_after = options.pop("lr"), options.pop("lr_after")
     schedule = LRSchedule(lr, lr if lr_after is None else lr_after, options.pop("decay_at"))
+    if options.pop("shuffle_buffer") is not None:
+        click.echo(
+            "note: --shuffle-buffer is deprecated and ignored: the stream shuffles blocks of "
+            "--shuffle-block samples (docs/training.md#the-training-stream)",
+            err=True,
+        )
     loader = LoaderConfig(
         micro_batch=options.pop("micro_batch"),
         workers=options.pop("workers"),
-        shuffle_buffer=options.pop("shuffle_buffer"),
+        shuffle_block=options.pop("shuffle_block"),
         augment=not options.pop("no_augment"),
+        cache=options.pop("cache"),
+        cache_limit=options.pop("cache_limit"),
+        fetch_attempts=options.pop("fetch_attempts"),
+        fetch_timeout=options.pop("fetch_timeout"),
+        read_ahead=options.pop("read_ahead"),
     )
     train = TrainConfig(
         out=options.pop("out"),

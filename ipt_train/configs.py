@@ -9,6 +9,7 @@ functions that run the commands take them. A command's defaults that differ from
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +25,37 @@ LOSS_WINDOW = 20  # training steps averaged per point of `ipt-train plot`'s loss
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """How a rank's training stream reads and batches its samples (ipt_train.data)."""
+    """How a rank's training stream reads and batches its samples (ipt_train.stream)."""
 
     micro_batch: int = 8  # samples per unit (per rank, per forward pass)
     workers: int = 2  # DataLoader worker processes per rank (0: in the training process)
-    shuffle_buffer: int = 512  # encoded samples held per task and reader
+    # Samples shuffled together: each epoch permutes the shards, cuts them into blocks of at
+    # least this many samples and permutes each block's samples (about 8 ImageNet shards).
+    shuffle_block: int = 65536
     augment: bool = True  # random flips and 90° rotations, the same for input and target
     prefetch: int = 2  # units prepared ahead per worker
+    cache: str | None = None  # the node's shard cache folder; None: default_cache_folder()
+    cache_limit: str | None = None  # "200G", "40%" of the free disk; None: half the free disk
+    fetch_attempts: int = 5  # tries at a remote shard while the storage fails
+    fetch_timeout: float = 60.0  # seconds without a byte (or a connection) before a try fails
+    read_ahead: int = 2  # threads per worker fetching the shards of the next shuffle block
 
     def __post_init__(self) -> None:
-        if self.micro_batch < 1 or self.workers < 0 or self.shuffle_buffer < 1:
-            raise UserError("micro batch and shuffle buffer must be >= 1, workers >= 0")
+        if self.micro_batch < 1 or self.workers < 0 or self.shuffle_block < 1:
+            raise UserError("--micro-batch and --shuffle-block must be >= 1, --workers >= 0")
+        if self.fetch_attempts < 1 or self.fetch_timeout <= 0 or self.read_ahead < 0:
+            raise UserError(
+                "--fetch-attempts must be >= 1, --fetch-timeout > 0 and --read-ahead >= 0"
+            )
+
+
+def default_cache_folder() -> str:
+    """``$IPT_CACHE``, else ``$XDG_CACHE_HOME/ipt-toolkit/shards``, else
+    ``~/.cache/ipt-toolkit/shards``: one folder a node's runs share."""
+    if os.environ.get("IPT_CACHE"):
+        return os.environ["IPT_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ipt-toolkit", "shards")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,15 @@ def average_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values.cpu() / env.world
 
 
+def sum_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The sum over ranks of an integer tensor (exact), on the CPU."""
+    if env.world == 1:
+        return values
+    values = values.to(env.device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
 def broadcast_parameters(model: torch.nn.Module, env: DistEnv) -> None:
     if env.world > 1:
         for tensor in model.state_dict().values():

@@ -4,10 +4,10 @@ heads/tails dropped.
 The model is the task's slot of the initial checkpoint moved to slot 0 (the layout of the
 official single-task checkpoints ``IPT_sr2.pt`` ...); a single-task checkpoint of the task's
 scale is taken as it is. Training data comes from one of three sources
-(:class:`ipt_train.sources.TrainingSource`), all read through the same unit stream as
-pretraining (:class:`ipt_train.data.PretrainStream`): a shard set (the task's shards), a folder
-of clean images corrupted on the fly (:class:`ipt_train.sources.CleanFolder`), or rain pairs
-(:class:`ipt_train.sources.PairedFolder`).
+(:class:`ipt_train.stream.folders.TrainingSource`), all read through the same training stream
+as pretraining (:mod:`ipt_train.stream`): a shard set (the task's shards), a folder of clean
+images corrupted on the fly (:class:`ipt_train.stream.folders.CleanFolder`), or rain pairs
+(:class:`ipt_train.stream.folders.PairedFolder`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch
 from ipt_data import Task, UserError, file_sha256, get_task
 from ipt_train.checkpoint import build_model, read_checkpoint, to_single_task
 from ipt_train.configs import FinetuneConfig, TrainConfig
-from ipt_train.data import ShardSet
 from ipt_train.distributed import distributed, thread_budget
 from ipt_train.model import IPT, PRETRAIN_SCALES, preset_config
 from ipt_train.schedule import TaskMix
-from ipt_train.sources import CleanFolder, PairedFolder, TrainingSource
+from ipt_train.stream.folders import CleanFolder, PairedFolder, TrainingSource
+from ipt_train.stream.shardset import ShardSet
 from ipt_train.train import TrainResult, run_identity, stream_job, train_and_export
 
 
@@ -58,7 +58,7 @@ def training_source(setup: FinetuneConfig) -> TrainingSource:
     if len(given) != 1:
         raise UserError("give exactly one of --shards, --clean and --pairs")
     if setup.shards:
-        return ShardSet.open(setup.shards)
+        return ShardSet.open(setup.shards, setup.loader.fetch_timeout)
     return CleanFolder(setup.clean) if setup.clean else PairedFolder(setup.pairs)
 
 

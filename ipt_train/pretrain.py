@@ -7,10 +7,10 @@ import torch
 
 from ipt_data import TASKS, parse_tasks
 from ipt_train.configs import PretrainConfig, TrainConfig
-from ipt_train.data import ShardSet
 from ipt_train.distributed import distributed, thread_budget
 from ipt_train.model import IPT, preset_config
 from ipt_train.schedule import TaskMix, parse_task_weights
+from ipt_train.stream.shardset import ShardSet
 from ipt_train.train import TrainResult, run_identity, stream_job, train_and_export
 
 
@@ -20,7 +20,7 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
     model_config = preset_config(setup.preset)
     tasks = parse_tasks(setup.tasks)
     mix = TaskMix(tuple(tasks), parse_task_weights(tasks, setup.task_weights))
-    shard_set = ShardSet.open(setup.shards)
+    shard_set = ShardSet.open(setup.shards, setup.loader.fetch_timeout)
     for task in mix.tasks:
         shard_set.check(task)  # before anything is written
     identity = run_identity(

@@ -19,7 +19,9 @@ LOG_FIELDS = (
     "samples_per_s",
     "data_wait",
     "seconds",
-)  # data_wait: the fraction of the step spent waiting for the loader
+    "batch_digest",
+)  # data_wait: the fraction of the step spent waiting for the loader; batch_digest: the step's
+# global batch, pixel for pixel, as ipt_train.stream.loader.digest_text (equal on any shape)
 
 
 class RunLog:

@@ -8,6 +8,7 @@ communicating, and a resumed run continues exactly where the saved one was.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -45,9 +46,37 @@ class TaskMix:
 
     def task_at(self, seed: int, step: int) -> Task:
         """The task of ``step``: drawn from (seed, step) only, the same on every rank."""
-        rng = np.random.Generator(np.random.PCG64([seed, step, 0x7A5C]))
-        p = np.asarray(self.weights, dtype=np.float64)
-        return self.tasks[int(rng.choice(len(self.tasks), p=p / p.sum()))]
+        draws = _task_draws(seed, step // STEP_BLOCK, self.weights)
+        return self.tasks[int(draws[step % STEP_BLOCK])]
+
+    def steps_before(self, seed: int, step: int) -> np.ndarray:
+        """How many of the steps 0 .. step-1 train each task (int64, in the order of ``tasks``):
+        with the global batch, where each task's sample sequence stands at ``step``. About 20 ms
+        per million steps (one generator call per :data:`STEP_BLOCK` steps)."""
+        counts = np.zeros(len(self.tasks), dtype=np.int64)
+        for block in range(step // STEP_BLOCK):
+            counts += np.bincount(_draw_block(seed, block, self.weights), minlength=len(counts))
+        done = _task_draws(seed, step // STEP_BLOCK, self.weights)[: step % STEP_BLOCK]
+        return counts + np.bincount(done, minlength=len(counts))
+
+
+STEP_BLOCK = 1024  # steps whose tasks one generator call draws
+
+
+@lru_cache(maxsize=4)
+def _task_draws(seed: int, block: int, weights: tuple[float, ...]) -> np.ndarray:
+    """The task indices of steps [block * STEP_BLOCK, (block + 1) * STEP_BLOCK), kept for the
+    steps that follow (a training loop asks for one step after another)."""
+    return _draw_block(seed, block, weights)
+
+
+def _draw_block(seed: int, block: int, weights: tuple[float, ...]) -> np.ndarray:
+    rng = np.random.Generator(np.random.PCG64([seed, block, 0x7A5D]))
+    cdf = np.cumsum(weights, dtype=np.float64)
+    draws = np.searchsorted(cdf / cdf[-1], rng.random(STEP_BLOCK), side="right")
+    draws = np.minimum(draws, len(weights) - 1)  # a draw of the last cdf value's rounding
+    draws.flags.writeable = False
+    return draws
 
 
 def parse_task_weights(names: list[Task], weights: str | None) -> tuple[float, ...]:

@@ -11,9 +11,12 @@ Multi-process set-up and the gradient averaging are :mod:`ipt_train.distributed`
 progress bar :mod:`ipt_train.runlog`'s; the entry points are :mod:`ipt_train.pretrain` and
 :mod:`ipt_train.finetune`, which build a :class:`Job` (model, task mix, data) and hand it here.
 
-Data comes in segments that end at checkpoints: the streams of segment [a, b) are seeded from
-(seed, a), so a run resumed from the checkpoint at step a reads exactly what the uninterrupted
-run read, and continues with exactly the saved parameters and optimizer state.
+The data of every step comes from the training stream (:mod:`ipt_train.stream`), which fixes
+each step's global batch from the seed, the data and the step alone: one loader serves the
+whole run, checkpoints do not touch it, and a run resumed at step k on any number of processes
+or workers reads exactly what the uninterrupted run read, and continues with exactly the saved
+parameters and optimizer state. A failure of the data (a shard that stays unreachable, a corrupt
+one) ends the run with the step reached saved, so that ``--resume`` continues once it is fixed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,7 +34,6 @@ import torch
 from ipt_data import UserError
 from ipt_train.checkpoint import PLAIN_NUM_HEADS, export_official
 from ipt_train.configs import LoaderConfig, TrainConfig
-from ipt_train.data import PretrainStream, check_unit, make_loader
 from ipt_train.distributed import (
     DistEnv,
     average_across_ranks,
@@ -39,12 +41,14 @@ from ipt_train.distributed import (
     barrier,
     broadcast_parameters,
     peak_memory,
+    sum_across_ranks,
 )
 from ipt_train.losses import pretrain_loss
 from ipt_train.model import IPT
 from ipt_train.runlog import RunLog
 from ipt_train.schedule import TaskMix
-from ipt_train.sources import TrainingSource
+from ipt_train.stream.folders import TrainingSource
+from ipt_train.stream.loader import StepStream, check_unit, digest_text, make_loader
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 ADAM_IMPLEMENTATIONS = {
@@ -52,6 +56,7 @@ ADAM_IMPLEMENTATIONS = {
     "foreach": {"foreach": True, "fused": None},
     "fused": {"foreach": None, "fused": True},
 }
+STREAM_ORDER = 2  # the global order of ipt_train.stream (1: per-reader streams, before it)
 TRAINING_ADAM = "fused"  # the implementation ipt-train pretrain / finetune run (see make_optimizer)
 
 
@@ -63,7 +68,7 @@ class Job:
     model: IPT
     mix: TaskMix
     slot: Callable[[str], int]
-    batches: Callable[[range, int], Iterable[dict]]  # (steps, accum) -> units
+    batches: Callable[[range, int], Iterable[dict]]  # (steps, global batch) -> units
     micro_batch: int
     identity: dict  # settings a resumed run must share with the saved one
     notes: dict = field(default_factory=dict)  # saved with them, not compared (--init's path)
@@ -104,9 +109,6 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs."""
     out = Path(config.out)
     accum = accumulation(config, job.micro_batch, env.world)
-    # The data streams restart at the checkpoint steps: another interval reorders the data
-    order = {**job.notes.get("data_order", {}), "checkpoint_every": config.checkpoint_every}
-    job = replace(job, notes={**job.notes, "data_order": order})
     identity = {**job.identity, "batch": config.batch, "seed": config.seed}
     optimizer = make_optimizer(job.model.parameters(), config.schedule.lr)
     start = _start_step(config, job, optimizer, identity, env)
@@ -115,23 +117,43 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     result = TrainResult(job.model, start, [], math.nan)
     # The compiled module shares job.model's parameters; checkpoints use job.model's own keys.
     forward = torch.compile(job.model) if config.compile else job.model
+    save = lambda step: _checkpoint(out, job, optimizer, step, run, env)  # noqa: E731
     try:
-        for segment in _segments(start, config.steps, config.checkpoint_every):
-            units = iter(job.batches(segment, accum))
-            for step in segment:
-                clock = time.perf_counter()
+        units = iter(job.batches(range(start, config.steps), config.batch))
+        for step in range(start, config.steps):
+            clock = time.perf_counter()
+            try:
                 losses = _train_step(job, forward, optimizer, units, step, accum, config, env)
-                result.train_seconds += time.perf_counter() - clock
-                result.data_wait_seconds += losses["data_wait_s"]
-                result.trained.append((step, losses["task"]))
-                result.step, result.last_loss = step + 1, losses["loss"]
-                log.step(losses, config.batch)
-            if env.rank == 0:
-                save_train_state(out / STATE_NAME, job.model, optimizer, segment.stop, run)
-            barrier(env)
+            except DataFailure as failure:
+                if result.trained:  # the steps done so far are kept: --resume goes on
+                    save(step)
+                raise UserError(f"{failure}{_resume_hint(out, result)}") from None
+            result.train_seconds += time.perf_counter() - clock
+            result.data_wait_seconds += losses["data_wait_s"]
+            result.trained.append((step, losses["task"]))
+            result.step, result.last_loss = step + 1, losses["loss"]
+            log.step(losses, config.batch)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                save(step + 1)
     finally:
         log.close()
     return result
+
+
+class DataFailure(Exception):
+    """A rank's units of a step could not be read (the message says why, or which rank)."""
+
+
+def _checkpoint(out: Path, job: Job, optimizer, step: int, run: dict, env: DistEnv) -> None:
+    if env.rank == 0:
+        save_train_state(out / STATE_NAME, job.model, optimizer, step, run)
+    barrier(env)
+
+
+def _resume_hint(out: Path, result: TrainResult) -> str:
+    if not result.trained:
+        return ""
+    return f" (steps to {result.step} are saved in {out / STATE_NAME}: --resume continues)"
 
 
 def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -> torch.optim.Adam:
@@ -141,12 +163,6 @@ def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -
     return torch.optim.Adam(
         parameters, lr=lr, betas=(0.9, 0.999), **ADAM_IMPLEMENTATIONS[implementation]
     )
-
-
-def _segments(start: int, steps: int, every: int) -> list[range]:
-    """[start, steps) cut at the multiples of ``every`` (the checkpoint steps)."""
-    bounds = [*range((start // every + 1) * every, steps, every), steps]
-    return [range(a, b) for a, b in zip([start, *bounds[:-1]], bounds, strict=True) if a < b]
 
 
 def _start_step(config, job, optimizer, identity, env) -> int:
@@ -171,24 +187,7 @@ def _start_step(config, job, optimizer, identity, env) -> int:
     for group, flags in zip(optimizer.param_groups, own_flags, strict=True):
         group.update(flags)  # a saved state brings the flags it was saved with: keep ours
     restore_rng(state.rng)
-    _say_data_order_changes(state.run.get("data_order", {}), job.notes.get("data_order", {}), env)
     return state.step
-
-
-def _say_data_order_changes(saved: dict, now: dict, env: DistEnv) -> None:
-    """A resume on other hardware (processes, loader workers, ...) is allowed; each reader's
-    share of the shards then differs, so the samples from here on are not those an uninterrupted
-    run would have read. Rank 0 says so on stderr."""
-    changed = [
-        f"{key} {saved[key]} -> {new}" for key, new in now.items() if saved.get(key, new) != new
-    ]
-    if changed and env.rank == 0:
-        print(
-            f"--resume: {', '.join(changed)}: the data order from here on differs from the "
-            "uninterrupted run's",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def _changes(saved: dict, identity: dict, notes: dict) -> str:
@@ -196,6 +195,14 @@ def _changes(saved: dict, identity: dict, notes: dict) -> str:
     changes = []
     for key, now in identity.items():
         if saved.get(key) == now:
+            continue
+        if key == "order" and key not in saved:  # saved before the one global order existed
+            print(
+                "--resume: the run was saved by an older ipt-train, whose data order differs: "
+                "from here on the data follow this version's order",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         if key == "init_sha256":  # name both checkpoints: the path alone may be the same file
             before = f"{saved.get('init', '?')} (sha256 {saved.get(key)})"
@@ -209,19 +216,18 @@ def _changes(saved: dict, identity: dict, notes: dict) -> str:
 
 def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dict:
     """One optimizer step of ``accum`` micro-batches through ``forward`` (job.model, or it
-    compiled); losses averaged over ranks."""
+    compiled); losses averaged over ranks. The step's units are all taken first, and the ranks
+    agree that each has its own before any computes (a DataFailure on every rank otherwise)."""
     task = job.mix.task_at(config.seed, step)
+    clock = time.perf_counter()
+    taken, digest = _take_units(units, step, task, accum, env)
+    waited = time.perf_counter() - clock
     for group in optimizer.param_groups:
         group["lr"] = config.schedule.at(step, config.steps)
     optimizer.zero_grad(set_to_none=True)
-    sums, waited = torch.zeros(3, dtype=torch.float64), 0.0
+    sums = torch.zeros(3, dtype=torch.float64)
     across = config.supcon_across_ranks and env.world > 1  # SupCon keys from every rank
-    for _ in range(accum):
-        clock = time.perf_counter()
-        unit = check_unit(next(units))
-        waited += time.perf_counter() - clock
-        if (unit["step"], unit["task"]) != (step, task.name):
-            raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
+    for unit in taken:
         x = unit["input"].to(env.device, non_blocking=True).float()  # [b, 3, 48, 48]
         y = unit["target"].to(env.device, non_blocking=True).float()  # [b, 3, 48s, 48s]
         autocast = torch.autocast("cuda", torch.bfloat16) if x.is_cuda else nullcontext()
@@ -241,7 +247,31 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
         "l1": sums[1].item(),
         "supcon": sums[2].item(),
         "lr": optimizer.param_groups[0]["lr"],
+        "batch_digest": digest,
     }
+
+
+def _take_units(units, step: int, task, accum: int, env: DistEnv) -> tuple[list[dict], str]:
+    """This rank's ``accum`` units of ``step`` and the digest of the whole global batch (the
+    ranks' digest sums added up). A rank whose data failed makes every rank raise DataFailure,
+    before any of them enters the step's collectives."""
+    taken, problem = [], ""
+    try:
+        for _ in range(accum):
+            taken.append(check_unit(next(units)))
+    except UserError as error:
+        problem = str(error)
+    digests = [unit["digest"] for unit in taken] or [torch.zeros(4, dtype=torch.int64)]
+    # [ranks whose data failed, the 4 digest sums], added over ranks in one collective
+    total = sum_across_ranks(torch.cat([torch.tensor([int(bool(problem))]), sum(digests)]), env)
+    if problem:
+        raise DataFailure(problem)
+    if total[0]:
+        raise DataFailure(f"step {step}: another process's training data failed (its error above)")
+    for unit in taken:
+        if (unit["step"], unit["task"]) != (step, task.name):
+            raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
+    return taken, digest_text(total[1:])
 
 
 def run_identity(**settings) -> dict:
@@ -252,17 +282,16 @@ def run_identity(**settings) -> dict:
 def stream_job(
     model, mix, slot, source: TrainingSource, loader: LoaderConfig, seed, env, identity, notes=None
 ) -> Job:
-    """A job reading ``source`` (a shard set or a folder source) through PretrainStream."""
+    """A job reading ``source`` (a shard set or a folder source) through the training stream.
+    What fixes the data order joins the run's identity, which a resumed run must share."""
 
-    def batches(steps: range, accum: int) -> Iterable[dict]:
-        stream = PretrainStream(source, mix, seed, steps, accum, env.rank, env.world, loader)
+    def batches(steps: range, batch: int) -> Iterable[dict]:
+        stream = StepStream(source, mix, seed, steps, batch, env.rank, env.world, loader)
         return make_loader(stream)
 
-    # Settings a resume may change, though the data order from there on changes (said, not refused)
-    order = {"processes": env.world, "workers": loader.workers}
-    order |= {"shuffle_buffer": loader.shuffle_buffer, "augment": loader.augment}
-    notes = {**(notes or {}), "data_order": order}
-    return Job(model, mix, slot, batches, loader.micro_batch, identity, notes)
+    order = {"stream": STREAM_ORDER, "shuffle_block": loader.shuffle_block}
+    identity = {**identity, "order": {**order, "augment": loader.augment}}
+    return Job(model, mix, slot, batches, loader.micro_batch, identity, notes or {})
 
 
 def train_and_export(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Training runs started by the tests (in this process or as commands) keep their shard cache in
+# a fresh folder, not in the user's ~/.cache: a test never sees another run's checked shards.
+os.environ["IPT_CACHE"] = tempfile.mkdtemp(prefix="ipt-test-cache-")
+atexit.register(shutil.rmtree, os.environ["IPT_CACHE"], ignore_errors=True)
 REFDATA = REPO / "refdata"  # Set5 and the MATLAB imresize vectors, shipped in the repository
 
 

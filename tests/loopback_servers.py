@@ -1,9 +1,10 @@
 """Real servers on 127.0.0.1 for the remote-set tests, and the tiny shard set they serve.
 
 * :func:`http_server`: Python's http.server in a thread, serving a folder; it counts GETs per
-  path, can drop the connection half-way through chosen files (``server.drops``) or stall
-  there until released (``server.stalls``), and can wait ``server.latency`` seconds before
-  answering each request (a distant object store's time to first byte).
+  path, can drop the connection half-way through chosen files (``server.drops``), answer 503
+  instead (``server.unavailable``), serve other bytes once a drop is done (``server.changed``),
+  or stall half-way until released (``server.stalls``), and can wait ``server.latency``
+  seconds before answering each request (a distant object store's time to first byte).
 * :func:`s3_server`: moto's S3-compatible server in a thread, emptied, with dummy credentials and
   its endpoint in ``AWS_*`` variables for the duration.
 * :func:`free_port`: a TCP port nobody listens on now (for Ray, torchrun and their kin).
@@ -47,6 +48,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.hits[self.path] += 1
         time.sleep(self.server.latency)
+        if self.server.unavailable.get(self.path, 0) > 0:
+            self.server.unavailable[self.path] -= 1
+            self.send_error(503, "Service Unavailable")
+            return
+        if self.path in self.server.changed and not self.server.drops.get(self.path):
+            data = self.server.changed[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         super().do_GET()
 
     def do_HEAD(self) -> None:
@@ -56,8 +68,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def copyfile(self, source, outputfile) -> None:
         dropped = self.server.drops.get(self.path, 0) > 0
         if dropped or self.path in self.server.stalls:
-            outputfile.write(source.read(os.fstat(source.fileno()).st_size // 2))
-            outputfile.flush()
+            half = source.read(os.fstat(source.fileno()).st_size // 2)
+            for start in range(0, len(half), 1 << 16):  # in pieces, as a network delivers,
+                outputfile.write(half[start : start + (1 << 16)])  # so the client reads
+                outputfile.flush()  # most of the half before it learns of the drop
+                time.sleep(0.002)
         if dropped:
             self.server.drops[self.path] -= 1
             self.close_connection = True  # the client was promised the whole file
@@ -75,6 +90,8 @@ class LoopbackHTTPServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
         self.hits: Counter[str] = Counter()
         self.drops: dict[str, int] = {}  # path -> how many more GETs to cut off half-way
+        self.unavailable: dict[str, int] = {}  # path -> how many more GETs to answer 503
+        self.changed: dict[str, bytes] = {}  # path -> bytes served once its drops are done
         self.stalls: set[str] = set()  # paths whose GETs send half, then wait for `release`
         self.stalled, self.release = threading.Event(), threading.Event()
         self.latency = 0.0  # seconds each request waits before it is answered

@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 def pretrain_arguments(shards: Path, out: Path) -> list:
     arguments = ["pretrain", "--shards", shards, "--out", out, "--tasks", "sr_x2,denoise_30"]
     arguments += ["--steps", "2", "--batch", "4", "--micro-batch", "2", "--workers", "1"]
-    return [*arguments, "--shuffle-buffer", "8", "--no-progress", "--seed", "5"]
+    return [*arguments, "--shuffle-block", "16", "--no-progress", "--seed", "5"]
 
 
 def test_launch_trains_as_torchrun_does(tmp_path_factory, tmp_path):

@@ -82,7 +82,7 @@ def test_pretraining_into_a_log_prints_two_bar_lines(tmp_path_factory, tmp_path)
     command = [BIN / "ipt-train", "pretrain", "--shards", shards, "--out", tmp_path / "run"]
     command += ["--tasks", "sr_x2,denoise_30", "--steps", "20", "--batch", "2"]
     command += ["--micro-batch", "2", "--checkpoint-every", "20", "--workers", "0"]
-    command += ["--shuffle-buffer", "4", "--seed", "1"]
+    command += ["--shuffle-block", "16", "--seed", "1"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,6 @@ from ipt_data.tasks import parse_tasks
 from ipt_train.configs import TrainConfig
 from ipt_train.model import IPT, ipt_tiny
 from ipt_train.schedule import TaskMix
-from ipt_train.train import _segments
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
@@ -36,7 +36,7 @@ from ipt_train.pretrain import pretrain
 if __name__ == "__main__":
     out, shards = sys.argv[1], sys.argv[2]
     config = TrainConfig(out=out, steps=4, batch=4, checkpoint_every=2, seed=3, progress=False)
-    loader = LoaderConfig(micro_batch=2, workers=1, shuffle_buffer=8)
+    loader = LoaderConfig(micro_batch=2, workers=1, shuffle_block=16)
     setup = PretrainConfig(shards, "ipt-tiny", "sr_x2,sr_x4,denoise_30", None, loader)
     result = pretrain(config, setup)
     rank = os.environ["RANK"]
@@ -55,7 +55,7 @@ def pretrain_command(shards: Path, out: Path, *extra: str) -> list:
     command = [BIN / "ipt-train", "pretrain", "--shards", shards, "--out", out]
     command += ["--tasks", "sr_x2,denoise_30", "--steps", "6", "--batch", "4"]
     command += ["--micro-batch", "2", "--checkpoint-every", "2", "--workers", "1"]
-    return [*command, "--shuffle-buffer", "8", "--no-progress", "--seed", "1", *extra]
+    return [*command, "--shuffle-block", "16", "--no-progress", "--seed", "1", *extra]
 
 
 def read_log(run: Path) -> list[dict]:
@@ -169,16 +169,21 @@ def test_resume_refuses_other_settings(train_shards, tmp_path):
         env=ENV,
     )
     assert result.returncode == 1 and "the training data differ" in result.stderr, result.stderr
+    reordered = subprocess.run(  # another shuffle is another data order: refused
+        [*pretrain_command(train_shards, run, "--resume"), "--shuffle-block", "8"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert reordered.returncode == 1 and "shuffle_block" in reordered.stderr, reordered.stderr
     other = ("--steps", "7", "--workers", "0", "--checkpoint-every", "3")
-    moved = subprocess.run(  # other loader settings or checkpoint steps: allowed, and said
+    moved = subprocess.run(  # other loader workers or checkpoint steps: the same data order
         pretrain_command(train_shards, run, "--resume", *other),
         capture_output=True,
         text=True,
         env=ENV,
     )
-    assert moved.returncode == 0, moved.stderr
-    said = "--resume: workers 1 -> 0, checkpoint_every 2 -> 3: the data order from here on differs"
-    assert said in moved.stderr
+    assert moved.returncode == 0 and "data order" not in moved.stderr, moved.stderr
 
 
 def test_two_process_ddp_same_task_same_parameters_uneven_shards(train_shards, tmp_path):
@@ -201,10 +206,7 @@ def test_two_process_ddp_same_task_same_parameters_uneven_shards(train_shards, t
         assert torch.equal(value, states[0][key].cpu()), key
 
 
-def test_segments_end_at_checkpoints():
-    assert _segments(0, 7, 3) == [range(0, 3), range(3, 6), range(6, 7)]
-    assert _segments(3, 7, 3) == [range(3, 6), range(6, 7)]
-    assert _segments(7, 7, 3) == []
+def test_train_config_refuses_no_steps():
     with pytest.raises(UserError):
         TrainConfig(out="x", steps=0)
 
@@ -224,19 +226,24 @@ def test_user_errors_are_one_line_and_write_nothing(train_shards, tmp_path):
 
 
 def test_corrupt_shard_in_a_loader_worker_is_one_error_line(train_shards, tmp_path):
-    """A shard whose PNG data is damaged (headers intact, so it passes the member checks and
-    fails in a worker's decode) stops the run with one Error line, not the worker's traceback."""
+    """A shard whose PNG data is damaged (headers intact, so it passes the member checks, and
+    listed with its new sha256 by a manifest as careless as the shard) fails in a worker's
+    decode: the run stops with one Error line, not the worker's traceback."""
     copy = tmp_path / "set"
     shutil.copytree(train_shards, copy)
-    for path in (copy / "sr_x2").glob("*.tar"):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for entry in manifest["tasks"]["sr_x2"]["shards"]:
+        path = copy / entry["path"]
         data = bytearray(path.read_bytes())
         at = data.find(b"IDAT")
         while at >= 0:
             data[at + 8 : at + 60] = bytes(b ^ 0x5A for b in data[at + 8 : at + 60])
             at = data.find(b"IDAT", at + 60)
         path.write_bytes(bytes(data))
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "run"
-    command = pretrain_command(copy, out, "--tasks", "sr_x2", "--shuffle-buffer", "2")
+    command = pretrain_command(copy, out, "--tasks", "sr_x2", "--shuffle-block", "16")
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]

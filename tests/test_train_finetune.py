@@ -19,14 +19,14 @@ from ipt_data.fileio import file_sha256
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
 from ipt_train.configs import EvalConfig, FinetuneConfig, LoaderConfig, TrainConfig
-from ipt_train.data import ShardSet
+from ipt_train.stream.shardset import ShardSet
 from ipt_train.evaluate import evaluate
 from ipt_train.finetune import finetune, initial_model, starting_model
-from ipt_train.sources import CleanFolder, PairedFolder, TrainingSource
+from ipt_train.stream.folders import CleanFolder, PairedFolder, TrainingSource
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
-LOADER = LoaderConfig(micro_batch=2, workers=0, shuffle_buffer=4)
+LOADER = LoaderConfig(micro_batch=2, workers=0, shuffle_block=16)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def test_finetune_from_clean_images_writes_an_evaluable_single_task_model(
     photos = train_shards.parent / "photos"
     command = [BIN / "ipt-train", "finetune", "--init", pretrained, "--task", "sr_x2"]
     command += ["--clean", photos, "--out", tmp_path / "ft", "--steps", "2", "--batch", "2"]
-    command += ["--micro-batch", "2", "--workers", "0", "--shuffle-buffer", "4", "--no-progress"]
+    command += ["--micro-batch", "2", "--workers", "0", "--shuffle-block", "16", "--no-progress"]
     subprocess.run(command, check=True)
     model = load_model(tmp_path / "ft" / "model.pt")
     assert model.cfg.scales == (2,)
