@@ -184,12 +184,13 @@ def _http_options(url: str) -> dict:
     return timeout_options(url) if _is_http(url) else {}
 
 
-def timeout_options(
-    url: str, silence: float = HTTP_SILENCE_SECONDS, connect: float = HTTP_CONNECT_SECONDS
-) -> dict:
+def timeout_options(url: str, silence: float | None = None, connect: float | None = None) -> dict:
     """fsspec storage options that give up on a connection not made in ``connect`` seconds or
-    silent for ``silence`` seconds (no limit on a whole transfer): aiohttp's time-outs for
-    http(s), botocore's for s3; {} elsewhere (a folder has none). For :func:`open_set_location`."""
+    silent for ``silence`` seconds (no limit on a whole transfer; None: HTTP_CONNECT_SECONDS
+    and HTTP_SILENCE_SECONDS): aiohttp's time-outs for http(s), botocore's for s3; {}
+    elsewhere (a folder has none). For :func:`open_set_location`."""
+    silence = HTTP_SILENCE_SECONDS if silence is None else silence
+    connect = HTTP_CONNECT_SECONDS if connect is None else connect
     if _is_http(url):
         import aiohttp
 

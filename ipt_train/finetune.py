@@ -74,7 +74,6 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
         task=task.name,
         **start,
         data=source.fingerprint([task]),
-        micro_batch=setup.loader.micro_batch,
     )
     notes = {"init": os.path.abspath(setup.init)} if setup.init else {}
     threads = thread_budget(config.threads, setup.loader.workers)

@@ -28,7 +28,6 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
         tasks=[task.name for task in mix.tasks],
         weights=mix.weights,
         data=shard_set.fingerprint(mix.tasks),
-        micro_batch=setup.loader.micro_batch,
     )
     threads = thread_budget(config.threads, setup.loader.workers)
     with distributed(config.device, threads) as env:
