@@ -117,18 +117,29 @@ BLEND_TERMS = 1
 ENSEMBLE_TERMS = 8
 
 
-def supcon_terms(width: int, keys: int, anchors: int) -> int:
-    """SupCon (ipt_train.losses) of ``anchors`` tokens against ``keys``: each feature's norm
-    (width terms), the similarities (width), the logsumexp over the keys, the sum over an
-    anchor's positives (at most the keys) and the mean over the anchors."""
-    return width + width + keys + keys + anchors
+def supcon_terms(width: int, keys: int, anchors: int, tokens: int) -> int:
+    """SupCon's value (ipt_train.losses) for ``anchors`` rows against ``keys`` rows of
+    ``width``, images of ``tokens`` rows: each feature's norm (width terms), the similarities
+    (width), the log-softmax over the keys, then one sum of every anchor's tokens - 1 positive
+    log-probabilities (and the chunks' partial sums, fewer)."""
+    return width + width + keys + anchors * (tokens - 1)
 
 
-def assert_within(actual: torch.Tensor, expected: torch.Tensor, limit: float) -> float:
-    """Assert that ``actual`` and ``expected`` (same shape) differ by at most ``limit`` anywhere;
-    returns the largest difference. With IPT_NUMERICS_LOG naming a file, each call appends one
-    JSON line (the test, the largest difference, the limit, CPU settings): the numerics record
-    (benchmarks/results/) is a table of these lines under several CPU kernel settings."""
+def supcon_gradient_terms(width: int, keys: int) -> int:
+    """SupCon's gradient with respect to its features: the forward's norm, similarities and
+    log-softmax (width + width + keys), the products of the softmax weights with the keys
+    (keys), and the normalisation's backward (width)."""
+    return width + width + keys + keys + width
+
+
+def assert_within(
+    actual: torch.Tensor | float, expected: torch.Tensor | float, limit: float
+) -> float:
+    """Assert that ``actual`` and ``expected`` (same shape, or two numbers) differ by at most
+    ``limit`` anywhere; returns the largest difference. With IPT_NUMERICS_LOG naming a file, each
+    call appends one JSON line (the test, the largest difference, the limit, CPU settings): the
+    numerics record (benchmarks/results/) tabulates them under several CPU kernel settings."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     largest = (actual.double() - expected.double()).abs().max().item()
     log = os.environ.get("IPT_NUMERICS_LOG")
