@@ -7,8 +7,11 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +28,7 @@ from ipt_train.stream.loader import StepStream, make_loader, pixel_digest
 from ipt_train.stream.order import EpochBlocks, TaskOrder, augment_codes
 from ipt_train.stream.shardset import ShardSet, decode_pair
 
+BIN = Path(sys.executable).parent
 MIX = TaskMix.uniform(parse_tasks("sr_x2,sr_x4,denoise_30"))
 MIX_NAMES = [task.name for task in MIX.tasks]
 SEED = 5
@@ -272,3 +276,46 @@ def test_decode_pair_gives_opencvs_pixels_for_our_pngs_and_older_sets(train_shar
             old = [older(rgb) for rgb in expected]
             for decoded in (decode_pair(x, y, key, "s", task), decode_pair(*old, key, "s", task)):
                 assert [a.tobytes() for a in decoded] == [e.tobytes() for e in expected]
+
+
+@pytest.fixture(scope="module")
+def eight_classes(tmp_path_factory, sample_photos) -> Path:
+    """8 class folders of 40 photographs each (64x64 crops of the sample photographs), built
+    into denoise_30 shards of 4 images (2 pairs each): 80 shards."""
+    root = tmp_path_factory.mktemp("classes")
+    photos = list(sample_photos.values())
+    for number in range(320):
+        photo = photos[number % len(photos)]
+        top, left = (37 * number) % (photo.shape[0] - 64), (53 * number) % (photo.shape[1] - 64)
+        folder = root / "photos" / f"class{number // 40}"
+        folder.mkdir(parents=True, exist_ok=True)
+        crop = photo[top : top + 64, left : left + 64, ::-1]
+        cv2.imwrite(str(folder / f"img{number:03d}.png"), crop)
+    build = [BIN / "ipt-data", "build", "--src", root / "photos", "--out", root / "shards"]
+    build += ["--tasks", "denoise_30", "--images-per-shard", "4", "--patches-per-image", "2"]
+    subprocess.run([*build, "--workers", "1", "--no-progress"], check=True, capture_output=True)
+    return root / "shards"
+
+
+def test_micro_batches_mix_the_classes_about_as_uniform_sampling_does(eight_classes, tmp_path):
+    """Images are dealt to shards by a seeded hash (format 2) and blocks of 8 shards (64
+    samples, a tenth of the set) are shuffled together: a micro-batch of 8 holds on average at
+    least 90% of the distinct classes that 8 uniform draws give (8 (1 - (7/8)^8) = 5.25).
+    Shards in name order (each one class) would give about 80% at this block size."""
+    task = TASKS["denoise_30"]
+    reader = ShardSet.open(eight_classes).reader(
+        11, LoaderConfig(shuffle_block=64, cache=str(tmp_path))
+    )
+    order, entries = reader.order(task)
+    assert len(entries) == 80 and order.epoch_samples == 640
+    distinct = []
+    for first in range(0, 2 * 640, 8):  # two epochs of micro-batches
+        shards, samples = order.locate(np.arange(first, first + 8))
+        keys = [
+            reader.store.read(entries[s], [int(i)])[0][2]
+            for s, i in zip(shards, samples, strict=True)
+        ]
+        distinct.append(len({key.split("_")[1] for key in keys}))  # <number>_class<c>_img...
+    uniform = 8 * (1 - (7 / 8) ** 8)
+    assert np.mean(distinct) >= 0.9 * uniform, np.mean(distinct)
+    reader.close()
