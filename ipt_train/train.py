@@ -119,7 +119,8 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     forward = torch.compile(job.model) if config.compile else job.model
     save = lambda step: _checkpoint(out, job, optimizer, step, run, env)  # noqa: E731
     try:
-        units = iter(job.batches(range(start, config.steps), config.batch))
+        steps = range(start, config.steps)
+        units = iter(job.batches(steps, config.batch)) if steps else iter(())
         for step in range(start, config.steps):
             clock = time.perf_counter()
             try:
