@@ -38,6 +38,7 @@ import math
 import os
 from statistics import NormalDist
 
+import numpy as np
 import torch
 
 from ipt_train.model import IPTConfig
@@ -46,9 +47,11 @@ from ipt_train.model import IPTConfig
 FAILURE_PROBABILITY = 1e-6
 
 
-def unit_roundoff(dtype: torch.dtype = torch.float32) -> float:
-    """u: half the gap between 1 and the next value of ``dtype`` (2^-24 for float32)."""
-    return torch.finfo(dtype).eps / 2
+def unit_roundoff(dtype: torch.dtype | type = torch.float32) -> float:
+    """u: half the gap between 1 and the next value of ``dtype``, a torch or NumPy float type
+    (2^-24 for float32, 2^-53 for float64)."""
+    finfo = torch.finfo(dtype) if isinstance(dtype, torch.dtype) else np.finfo(dtype)
+    return float(finfo.eps) / 2
 
 
 def max_sigmas(elements: int) -> float:
@@ -60,7 +63,7 @@ def max_sigmas(elements: int) -> float:
 
 
 def rounding_bound(
-    terms: int, scale: float, elements: int = 1, dtype: torch.dtype = torch.float32
+    terms: int, scale: float, elements: int = 1, dtype: torch.dtype | type = torch.float32
 ) -> float:
     """The largest error of ONE computation of ``elements`` values, each accumulated from
     ``terms`` terms and of magnitude ``scale``, against the exact values: the smaller of the
@@ -70,7 +73,7 @@ def rounding_bound(
 
 
 def tolerance(
-    terms: int, scale: float, elements: int = 1, dtype: torch.dtype = torch.float32
+    terms: int, scale: float, elements: int = 1, dtype: torch.dtype | type = torch.float32
 ) -> float:
     """The largest difference of TWO computations of the same values whose sums are ordered
     independently (as :func:`rounding_bound`): twice the deterministic bound, or sqrt(2) times
@@ -79,9 +82,14 @@ def tolerance(
     return spread * unit_roundoff(dtype) * scale
 
 
-def tolerance_of(reference: torch.Tensor, terms: int, dtype: torch.dtype = torch.float32) -> float:
-    """:func:`tolerance` for comparing a tensor with ``reference``: its scale is the reference's
-    largest magnitude, its element count the reference's."""
+def tolerance_of(
+    reference: torch.Tensor | np.ndarray, terms: int, dtype: torch.dtype | type | None = None
+) -> float:
+    """:func:`tolerance` for comparing values with ``reference`` (a tensor or an array): its
+    scale is the reference's largest magnitude, its element count the reference's, its format
+    ``dtype`` or else the reference's."""
+    reference = torch.as_tensor(reference)
+    dtype = dtype or reference.dtype
     return tolerance(terms, reference.abs().max().item(), reference.numel(), dtype)
 
 
@@ -139,7 +147,7 @@ def assert_within(
     ``limit`` anywhere; returns the largest difference. With IPT_NUMERICS_LOG naming a file, each
     call appends one JSON line (the test, the largest difference, the limit, CPU settings): the
     numerics record (benchmarks/results/) tabulates them under several CPU kernel settings."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    actual, expected = _as_tensor(actual), _as_tensor(expected)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     largest = (actual.double() - expected.double()).abs().max().item()
     log = os.environ.get("IPT_NUMERICS_LOG")
@@ -151,6 +159,13 @@ def assert_within(
             handle.write(json.dumps(entry) + "\n")
     assert largest <= limit, f"largest difference {largest:.3g} > {limit:.3g} allowed"
     return largest
+
+
+def _as_tensor(values: torch.Tensor | np.ndarray | float) -> torch.Tensor:
+    """A tensor as it is; numbers and arrays as float64 (a Python float is one)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach()
+    return torch.from_numpy(np.asarray(values, dtype=np.float64))
 
 
 # The environment variables that choose other CPU kernels (.ci/run reruns the numerics tests
