@@ -68,6 +68,8 @@ def test_eval_and_rain_stats_accept_the_same_rain_folders(folder, rain_pairs, tm
         assert scored.exit_code == 0 and measured.exit_code == 0, (scored.output, measured.output)
         report, figures = json.loads(scored.stdout), json.loads(measured.stdout)
         assert len(report["images"]) == figures["images"] == 2
+        # the same psnr_y of the same pixels in both commands; their means over the 2 images
+        # may round differently, by 1e-16 relative
         assert report["psnr_y"] == pytest.approx(figures["psnr_y"], rel=1e-12)
         assert report["psnr_y"] < 40  # the streaks were read as rain: not a clean/clean pair
     else:

@@ -27,6 +27,7 @@ def test_bench_reports_timings_flops_and_tiled_speed():
     assert figures["n_params"] == sum(p.numel() for p in IPT(ipt_tiny()).parameters())
     for key in ("forward_s_per_sample", "train_step_s", "train_step_cpu_s", "tiles_per_s"):
         assert figures[key] > 0, key
+    # the same float64 division as the bench's: isclose's rel 1e-9 is far above its rounding
     assert math.isclose(figures["train_samples_per_s"], 2 / figures["train_step_s"])
     assert figures["tiles"] == 4  # 64 px with 48 px tiles overlapping by 24: starts 0 and 16
     # Training ~ 3x the forward FLOPs; the tiny model's forward is ~0.1 GFLOP per 48x48 sample.
@@ -97,7 +98,7 @@ def test_compare_blends_prints_every_blend_s_figures(refdata, tmp_path):
     assert figures["uniform_psnr_y"] != figures["distance_psnr_y"]
     # 65x55 LR images: 2x2 tiles each at overlap 24; official: a 2x1 grid, strips of 2 and 1,
     # the corner
-    pixels = 2 * 65 * 55 / 1e6
+    pixels = 2 * 65 * 55 / 1e6  # ratios of whole numbers: a few float64 roundings, ≪ 1e-6
     assert figures["distance_passes_per_megapixel"] == pytest.approx(2 * 4 / pixels)
     assert figures["official_passes_per_megapixel"] == pytest.approx(2 * (2 + 2 + 1 + 1) / pixels)
 

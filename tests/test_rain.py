@@ -186,6 +186,8 @@ def test_pairs_recover_the_statistics_of_the_synthesis(clean_folder, tmp_path):
         (sub / f"rain-{index + 1}.png").write_bytes(encode_image(rainy, ".png"))
     recovered = _run("--pairs", str(tmp_path), "--json")
     assert recovered.exit_code == 0, recovered.output
+    # the same statistics of the same pixels, read back from PNG files (lossless) and JSON
+    # (exact for floats); rel 1e-9 only absorbs float64 sums in another order
     assert json.loads(recovered.output) == pytest.approx(figures, rel=1e-9)
     text = _run("--pairs", str(tmp_path))
     assert "PSNR_Y" in text.output and "tilt std" in text.output
