@@ -38,6 +38,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory, "tiny_ckpt")
 
 
+@pytest.mark.numerics
 def test_checkpoint_scores_equal_the_metrics_computed_directly(tiny_ckpt, sample_photos, tmp_path):
     # two small HR images without LR files: the LR comes from MATLAB bicubic of the mod-crop
     hr = {

@@ -125,6 +125,7 @@ def resize_limit(spec: np.ndarray, scale: float, length: int) -> float:
     return sums + positions
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
 @pytest.mark.parametrize("scale", [1 / 4, 1 / 3, 1 / 2, 1, 2, 3, 4, 0.75, 1.5])
 def test_small_images_follow_the_spec_formula(shape, scale):
@@ -137,6 +138,7 @@ def test_small_images_follow_the_spec_formula(shape, scale):
     assert_within(ours, spec, resize_limit(spec, scale, max(shape)))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("scale", [1 / 4, 1 / 3, 1 / 2, 2, 3, 4])
 def test_long_rows_follow_the_spec_formula(scale):
     """Every block of a long row, not only the first few, uses the documented taps and weights."""

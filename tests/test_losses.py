@@ -76,6 +76,7 @@ def test_supcon_gradcheck_anchors_and_keys():
     assert torch.autograd.gradcheck(loss, (anchors, keys))
 
 
+@pytest.mark.numerics
 def test_mean_over_row_blocks_is_the_whole_batch_loss():
     """What each rank computes (its anchors against all keys), done here block by block."""
     torch.manual_seed(4)
@@ -106,6 +107,7 @@ def test_supcon_cost_is_four_products_of_anchors_by_keys():
     assert figures["supcon_step_s_highest"] > 0
 
 
+@pytest.mark.numerics
 def test_pretrain_loss_is_l1_plus_weighted_supcon():
     torch.manual_seed(3)
     out, target, feats = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.randn(2, 9, 4)

@@ -50,6 +50,7 @@ def clean_and_noisy(sample_photos):
     return clean, np.clip(clean + noise, 0, 255).round().astype(np.uint8)
 
 
+@pytest.mark.numerics
 def test_rgb_to_y_is_the_bt601_studio_range_luma():
     pixels = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]])
     y = rgb_to_y(pixels.astype(np.uint8))
@@ -58,6 +59,7 @@ def test_rgb_to_y_is_the_bt601_studio_range_luma():
     assert_within(y[0], expected, tolerance_of(expected, 4))  # 3 products and the offset
 
 
+@pytest.mark.numerics
 def test_psnr_values_and_shave():
     a = np.full((20, 30), 100.0)
     assert psnr(a, a) == float("inf")
@@ -70,6 +72,7 @@ def test_psnr_values_and_shave():
     assert_within(psnr(a, b, shave=1), expected, psnr_limit(18 * 28, expected))
 
 
+@pytest.mark.numerics
 def test_ssim_matches_scikit_image(clean_and_noisy):
     clean, noisy = clean_and_noisy
     y_clean, y_noisy = rgb_to_y(clean), rgb_to_y(noisy)
@@ -83,6 +86,7 @@ def test_ssim_matches_scikit_image(clean_and_noisy):
     assert ssim(y_clean, y_clean) == 1.0
 
 
+@pytest.mark.numerics
 def test_y_and_rgb_conveniences(clean_and_noisy):
     clean, noisy = clean_and_noisy
     assert psnr_y(clean, noisy, shave=3) == psnr(rgb_to_y(clean), rgb_to_y(noisy), shave=3)
