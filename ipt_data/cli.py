@@ -154,6 +154,7 @@ def build(
 ) -> None:
     """Build (or resume) a WebDataset shard set of the IPT tasks from an image folder."""
     from ipt_data.build import build_shards, check_every_task_has_samples, summary_lines
+    from ipt_data.card import card_of_set
     from ipt_data.sources import open_sources
     from ipt_data.tasks import parse_tasks
 
@@ -167,6 +168,7 @@ def build(
     )
     with interrupted_then(CHUNKS_KEPT):
         result = build_shards(open_sources(src, file_list, limit), out, config)
+    card_of_set(out)  # the set's README.md, from the manifest just written
     click.echo("\n".join(summary_lines(result)))
     check_every_task_has_samples(result.manifest)
 
@@ -199,6 +201,19 @@ def info(shards: str) -> None:
     from ipt_data.verify import describe_shard_set
 
     click.echo("\n".join(describe_shard_set(shards)))
+
+
+@main.command()
+@click.argument("shards", type=click.Path())
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the card instead of writing it.")
+def card(shards: str, to_stdout: bool) -> None:
+    """Write the dataset card (README.md: the Hugging Face Hub's YAML header, what the set holds,
+    how it was made and how to load it) of the shard set SHARDS, from its manifest; shards are
+    not touched."""
+    from ipt_data.card import card_of_set
+
+    text, where = card_of_set(shards, write=not to_stdout)
+    click.echo(text if to_stdout else f"wrote {where}", nl=not to_stdout)
 
 
 _SUBSET_OPTIONS = (

@@ -12,6 +12,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 MANIFEST_NAME = "manifest.json"  # what the set holds; written last, so it marks the set complete
+# The dataset card (docs/format.md#the-dataset-card): what the set is, for people and for the
+# Hugging Face Hub and `datasets` (its YAML header names each task's shards); never a shard.
+CARD_NAME = "README.md"
 STATE_FOLDER = "_build"  # build parameters and per-chunk stats (done-markers) of a shard set
 PARAMS_NAME = f"{STATE_FOLDER}/params.json"  # the build's identity, written when it claims a place
 TRANSFER_FOLDER = "_transfer"  # present only while a push/pull into the place is unfinished

@@ -20,6 +20,10 @@ another set, another selection, or anything else is refused.
 A subset (``tasks``, ``shards``: a slice of each task's shard list) gets a manifest describing
 only the copied shards, with a ``subset_of`` entry naming the source and the sha256 of its
 manifest; a complete copy gets the source manifest's exact bytes.
+
+The dataset card (``README.md``, :mod:`ipt_data.card`) is written just before the manifest: a
+complete copy gets the source's card byte for byte (none where the source has none), a subset
+the card of its own manifest.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipt_data.card import render_card
 from ipt_data.configs import DEFAULT_JOBS
 from ipt_data.errors import UserError, printable
 from ipt_data.fileio import file_sha256
-from ipt_data.layout import MANIFEST_NAME, MARKER, TRANSFER_FOLDER
+from ipt_data.layout import CARD_NAME, MANIFEST_NAME, MARKER, TRANSFER_FOLDER
 from ipt_data.manifest import dump_json, read_set_manifest
 from ipt_data.progress import progress_bar
 from ipt_data.remote import (
@@ -47,6 +52,7 @@ from ipt_data.remote import (
     open_set_location,
     open_write_partial,
     publish,
+    read_bytes,
     read_shard,
     remove_partials,
     retried,
@@ -54,6 +60,7 @@ from ipt_data.remote import (
     storage_errors,
     write_bytes,
 )
+from ipt_data.safety import MAX_MANIFEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -146,18 +153,27 @@ class CopyPlan:
     shards: list[dict]  # the selected manifest entries, in copy order
     origin: str  # the source as the destination's marker and subset manifest name it
     manifest_bytes: bytes  # the destination's manifest, written last
+    card_bytes: bytes | None = None  # the destination's README.md, written just before it
 
 
 def plan_copy(source: SetLocation, selection: Selection) -> CopyPlan:
-    """What a copy of ``selection`` of ``source`` writes: its shards and the manifest (the
-    source's own bytes for a complete copy, a subset manifest otherwise)."""
+    """What a copy of ``selection`` of ``source`` writes: its shards, the card and the manifest
+    (the source's own bytes for a complete copy, a subset's card and manifest otherwise)."""
     manifest, manifest_bytes = read_set_manifest(source)
     chosen = select_shards(manifest, selection)
     everything = [shard for task in manifest["tasks"].values() for shard in task["shards"]]
     origin = source.root if source.is_local else source.url
     if sorted(_paths(chosen)) != sorted(_paths(everything)):
-        manifest_bytes = dump_json(subset_manifest(manifest, manifest_bytes, origin, selection))
-    return CopyPlan(chosen, origin, manifest_bytes)
+        subset = subset_manifest(manifest, manifest_bytes, origin, selection)
+        return CopyPlan(chosen, origin, dump_json(subset), render_card(subset).encode())
+    return CopyPlan(chosen, origin, manifest_bytes, source_card(source))
+
+
+def source_card(source: SetLocation) -> bytes | None:
+    """The bytes of the set's card, or None where it has none."""
+    if file_size(source, CARD_NAME) is None:
+        return None
+    return read_bytes(source, CARD_NAME, limit=MAX_MANIFEST_BYTES)
 
 
 def _copy_planned(
@@ -169,6 +185,8 @@ def _copy_planned(
         remove_partials(dest, folder)
     outcomes = _copy_shards(source, dest, chosen, progress, jobs)
     sizes = [size for size in outcomes if size is not None]  # None: was in place already
+    if plan.card_bytes is not None:
+        write_bytes(dest, CARD_NAME, plan.card_bytes)
     write_bytes(dest, MANIFEST_NAME, out_bytes)
     dest.fs.rm(dest.path(TRANSFER_FOLDER), recursive=True)
     return TransferResult(

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ipt_data.errors import UserError, printable
-from ipt_data.layout import BOOKKEEPING_FOLDERS, MANIFEST_NAME
+from ipt_data.layout import BOOKKEEPING_FOLDERS, CARD_NAME, MANIFEST_NAME
 from ipt_data.manifest import images_line, png_encoder_of, read_set_manifest
 from ipt_data.progress import progress_bar
 from ipt_data.remote import SetLocation, open_set_location, read_shard, retried, storage_errors
@@ -59,8 +59,8 @@ class VerifyReport:
     samples: int
     problems: dict[str, str]  # shard path as listed -> its first problem
     # Files in a local set that its manifest does not list (readers ignore them; not a problem,
-    # but a stray shard-named tar or a leftover .part deserves a look). Build and transfer
-    # bookkeeping (_build/, _transfer/) is not counted.
+    # but a stray shard-named tar or a leftover .part deserves a look). The card (README.md) and
+    # build and transfer bookkeeping (_build/, _transfer/) are not counted.
     unlisted: tuple[str, ...] = ()
 
     @property
@@ -111,9 +111,9 @@ def _shard_checks(manifest: dict) -> list[ShardCheck]:
 
 
 def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
-    """Set-relative names of the files under ``root`` that are neither the manifest, nor a
+    """Set-relative names of the files under ``root`` that are neither the manifest, the card, a
     listed shard, nor build/transfer bookkeeping."""
-    known = {check.name for check in checks} | {MANIFEST_NAME}
+    known = {check.name for check in checks} | {MANIFEST_NAME, CARD_NAME}
     found = (path.relative_to(root).as_posix() for path in root.rglob("*") if not path.is_dir())
     return tuple(
         sorted(

@@ -179,7 +179,8 @@ def test_subset_manifest_describes_only_what_was_copied(shard_set, server, tmp_p
     manifest_sha = hashlib.sha256((shard_set / "manifest.json").read_bytes()).hexdigest()
     assert subset["subset_of"]["manifest_sha256"] == manifest_sha
     assert subset["params"] == source["params"] and subset["source"] == source["source"]
-    assert sorted(tree_hashes(dest)) == ["manifest.json", *shard_paths(shard_set)[1:3]]
+    expected = ["README.md", "manifest.json", *shard_paths(shard_set)[1:3]]  # the subset's card
+    assert sorted(tree_hashes(dest)) == expected
     report = verify_shard_set(dest, workers=1)
     assert report.ok and (report.shards, report.samples) == (2, 8)
     info = CliRunner().invoke(main, ["info", str(dest)])
@@ -260,7 +261,7 @@ def test_push_to_s3_resumes_and_the_set_reads_back(shard_set, tmp_path):
         assert resumed.exit_code == 0, resumed.output
         assert "copied 1 shards" in resumed.output and "5 were already in place" in resumed.output
         listed = sorted(name.removeprefix("sets/ipt/tiny/") for name in store.find("sets/ipt/tiny"))
-        assert listed == sorted(["manifest.json", *paths])
+        assert listed == sorted(["README.md", "manifest.json", *paths])  # the card too
 
         manifest, data = read_set_manifest(open_location(url))
         assert (
