@@ -44,7 +44,15 @@ import deflate
 import numpy as np
 from PIL import Image
 
-from ipt_data import TASKS, cut_pairs, decode_image, decode_png, encode_image, encode_png
+from ipt_data import (
+    TASKS,
+    cpu_model,
+    cut_pairs,
+    decode_image,
+    decode_png,
+    encode_image,
+    encode_png,
+)
 from ipt_data.bench import one_core
 from ipt_data.png import assemble_png, encoder_identity, up_filtered
 from ipt_data.sample import imagenet_like_jpegs
@@ -316,6 +324,7 @@ def main() -> int:
     sources = source_patches()
     load_before = os.getloadavg()[0]
     results = run(encoders, decoders, sources, args.repeats)
+    print(f"cpu: {cpu_model()}")
     print("\n".join(versions))
     print(
         f"{len(sources)} source images x {len(sources[0].images)} PNGs "

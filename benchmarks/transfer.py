@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ipt_data import cpu_model
 from ipt_data.remote import open_location, read_bytes, read_many
 from ipt_data.transfer import pull
 
@@ -119,6 +120,7 @@ def main() -> None:
     settings = [None if part == "default" else int(part) for part in args.jobs.split(",")]
     with slow_http_server(shard_set, args.latency) as url:
         best = {jobs: min(timed_pull(url, jobs) for _ in range(args.repeats)) for jobs in settings}
+    print(f"cpu: {cpu_model()}")
     print(f"pull of {shards} shards over loopback HTTP, {args.latency * 1000:.0f} ms per request")
     reference = best[settings[0]]
     for jobs, seconds in best.items():

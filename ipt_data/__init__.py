@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
         write_bytes_atomic,
     )
     from ipt_data.imresize import downscale, mod_crop, upscale
+    from ipt_data.machine import cpu_model
     from ipt_data.manifest import read_set_manifest
     from ipt_data.metrics import psnr, psnr_rgb, psnr_y, rgb_to_y, ssim, ssim_rgb, ssim_y
     from ipt_data.noise import GaussianNoise
@@ -83,6 +84,7 @@ _PUBLIC_NAMES_BY_MODULE = {
         "write_bytes_atomic",
     ),
     "ipt_data.imresize": ("downscale", "mod_crop", "upscale"),
+    "ipt_data.machine": ("cpu_model",),
     "ipt_data.manifest": ("read_set_manifest",),
     "ipt_data.metrics": ("psnr", "psnr_rgb", "psnr_y", "rgb_to_y", "ssim", "ssim_rgb", "ssim_y"),
     "ipt_data.noise": ("GaussianNoise",),
@@ -130,6 +132,7 @@ __all__ = [
     "build_shards",
     "check_images",
     "clean_images",
+    "cpu_model",
     "cut_pairs",
     "decode_image",
     "decode_png",

@@ -86,6 +86,7 @@ def bench(
 
     from ipt_data.bench.build import benchmark_build
     from ipt_data.bench.corruptions import benchmark_corruptions
+    from ipt_data.machine import cpu_model
 
     parts = {
         "corruptions": (corruptions, lambda: benchmark_corruptions(patches, png_encoder)),
@@ -95,8 +96,9 @@ def bench(
     chosen = [name for name, (flag, _) in parts.items() if flag] or list(parts)  # none: all
     figures = {name: parts[name][1]() for name in chosen}
     if as_json:
-        click.echo(json.dumps(figures, indent=2))
+        click.echo(json.dumps({"cpu": cpu_model(), **figures}, indent=2))
         return
+    click.echo(f"cpu: {cpu_model()}")  # the machine, for the record (benchmarks/README.md)
     for part, values in figures.items():
         unit = units.get(part, "ms per 500x375 image, one core; ratios unitless")
         click.echo(f"{part} ({unit})")

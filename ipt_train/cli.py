@@ -97,10 +97,12 @@ def bench(**options):
     --compare-blends, each tile blend's scores, seam index and cost on a benchmark folder."""
     import json
 
+    from ipt_data import cpu_model
     from ipt_train.bench.model import bench_from_options
 
     as_json = options.pop("as_json")
     figures = bench_from_options(**options, log=lambda line: click.echo(line, err=True))
+    figures = {"cpu": cpu_model(), **figures}  # the machine, for the record
     if as_json:
         click.echo(json.dumps(figures))
     else:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ipt_data import cpu_model
 from ipt_data.errors import UserError
 from ipt_train.bench.model import parse_scales, run_bench
 from ipt_train.checkpoint import save_checkpoint
@@ -40,6 +41,7 @@ def test_bench_cli_prints_one_json_object():
     result = CliRunner().invoke(main, [*args, "--tiled-size", "20", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["cpu"] == cpu_model()  # the machine, for the record
     assert figures["scales"] == [2] and figures["train_step_s"] > 0
     assert figures["tiles"] == 1 and figures["tiles_per_s"] > 0  # smaller than a tile: padded
     assert "official_train_step_s" not in figures
@@ -92,6 +94,7 @@ def test_compare_blends_prints_every_blend_s_figures(refdata, tmp_path):
     result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures.pop("cpu") == cpu_model()
     names = ("psnr_y", "ssim_y", "seam_index", "passes_per_megapixel")
     assert set(figures) == {f"{blend}_{name}" for blend in BLENDS for name in names}
     assert all(math.isfinite(v) for v in figures.values())
