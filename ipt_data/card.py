@@ -26,6 +26,8 @@ from ipt_data.manifest import images_line, png_encoder_of, read_set_manifest
 from ipt_data.remote import (
     SetLocation,
     check_writable,
+    is_hub,
+    open_location,
     open_set_location,
     storage_errors,
     write_bytes,
@@ -71,6 +73,8 @@ _CITATION = """\
 def card_of_set(shard_set: str | Path, write: bool = True) -> tuple[str, str]:
     """The card of the set at ``shard_set`` (a folder or URL, or its manifest) and where it was
     written: its ``README.md``, replaced, with ``write``; nowhere otherwise (``""``)."""
+    if write and is_hub(str(shard_set)):
+        check_writable(open_location(shard_set))  # before any request
     location = open_set_location(shard_set)
     if write:
         check_writable(location)

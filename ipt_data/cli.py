@@ -245,8 +245,8 @@ def _subset_options(command):
 def pull(
     url: str, dest: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int
 ) -> None:
-    """Copy the shard set at URL (http(s)://, s3://, any fsspec URL or a folder) into DEST,
-    verifying every shard; rerun to resume."""
+    """Copy the shard set at URL (http(s)://, s3://, hf://datasets/OWNER/NAME[@REVISION], any
+    fsspec URL or a folder) into DEST, verifying every shard; rerun to resume."""
     from ipt_data.transfer import pull as pull_set
     from ipt_data.transfer import summary_line
 
@@ -259,16 +259,36 @@ def pull(
 @click.argument("src", type=click.Path(file_okay=False))
 @click.argument("url")
 @_subset_options
+@click.option(
+    "--private", is_flag=True, help="hf:// only: create the repository private if it is new."
+)
 def push(
-    src: str, url: str, tasks: str | None, shards: str | None, no_progress: bool, jobs: int
+    src: str,
+    url: str,
+    tasks: str | None,
+    shards: str | None,
+    no_progress: bool,
+    jobs: int,
+    private: bool,
 ) -> None:
     """Copy the shard set in the folder SRC to URL (s3://…, any writable fsspec URL or a
-    folder), verifying every shard; rerun to resume."""
-    from ipt_data.transfer import push as push_set
-    from ipt_data.transfer import summary_line
-
+    folder; hf://datasets/OWNER/NAME uploads it to the Hugging Face Hub in a few commits),
+    verifying every shard; rerun to resume."""
+    progress = not no_progress
     with interrupted_then(SHARDS_KEPT):
-        result = push_set(src, url, tasks, shards, progress=not no_progress, jobs=jobs)
+        if url.startswith("hf://"):
+            from ipt_data.hub import push_to_hub
+            from ipt_data.hub import summary_line as hub_summary
+
+            pushed = push_to_hub(
+                src, url, tasks, shards, progress=progress, jobs=jobs, private=private
+            )
+            click.echo(hub_summary(pushed))
+            return
+        from ipt_data.transfer import push as push_set
+        from ipt_data.transfer import summary_line
+
+        result = push_set(src, url, tasks, shards, progress=progress, jobs=jobs)
     click.echo(summary_line(result))
 
 

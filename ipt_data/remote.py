@@ -1,4 +1,5 @@
-"""Shard sets at a location: a local folder, ``http(s)://…`` or any fsspec URL (``s3://…``).
+"""Shard sets at a location: a local folder, ``http(s)://…`` or any fsspec URL (``s3://…``,
+``hf://datasets/OWNER/NAME[@REVISION]`` on the Hugging Face Hub).
 
 A :class:`SetLocation` is the root of one shard set and the fsspec filesystem that reaches it.
 Everything below the root is named by a manifest-relative path (``sr_x2/sr_x2-000000.tar``),
@@ -14,7 +15,9 @@ size and sha256 against its manifest entry as it streams (docs/sharing.md).
 Writes are atomic per file (:mod:`ipt_data.fileio`'s one mechanism): a file appears under its
 final name complete or not at all. Locally that is a temporary name and a rename; elsewhere a
 temporary key and a move (object stores make an upload visible only once it is complete, and a
-move of a complete object is a copy of it).
+move of a complete object is a copy of it). A set on the Hub is read here through
+``huggingface_hub``'s fsspec filesystem (the ``hf`` extra) and written only by
+:mod:`ipt_data.hub`, in a few commits: every fsspec write there would be a commit of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import fcntl
 import hashlib
 import os
 import random
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -79,12 +84,69 @@ def open_location(location: str | Path, storage_options: dict | None = None) -> 
     text = str(location)
     if not text.strip():
         raise UserError("an empty path or URL was given for a shard set")
+    if is_hub(text):
+        check_hub_url(text)
     options = {**_http_options(text), **(storage_options or {})}
     try:
         fs, root = fsspec.core.url_to_fs(text, **options)
-    except (ImportError, ValueError) as error:
+    except ImportError as error:
+        extra = " (pip install 'ipt-toolkit[hf]')" if is_hub(text) else ""
+        raise UserError(f"{text}: cannot open this location ({error}){extra}") from None
+    except ValueError as error:
         raise UserError(f"{text}: cannot open this location ({error})") from None
     return SetLocation(text, fs, root.rstrip("/") or root)
+
+
+def is_hub(url: str) -> bool:
+    """True for a location on the Hugging Face Hub (``hf://…``)."""
+    return url.startswith("hf://")
+
+
+def check_hub_url(url: str) -> None:
+    """Refuse an ``hf://`` URL that is not a dataset repository's root (optionally at a
+    revision): a set's card must be the repository's README.md for the Hub to read it."""
+    repository, at, revision = url.removeprefix("hf://").rstrip("/").partition("@")
+    parts = repository.split("/")
+    whole = not at or re.fullmatch(r"[^/]+|refs/(pr|convert)/[^/]+", revision)
+    if len(parts) != 3 or parts[0] != "datasets" or not all(parts) or not whole:
+        raise UserError(
+            f"{url}: a shard set on the Hugging Face Hub is a whole dataset repository, "
+            "hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME@REVISION"
+        )
+
+
+def _check_hub_repository(location: SetLocation) -> None:
+    """Resolve the repository and revision once, so that a missing, private or gated one is one
+    clear error here rather than "no manifest" later."""
+    try:
+        location.fs.resolve_path(location.root)
+    except FileNotFoundError as error:
+        cause = type(error.__cause__).__name__
+        if cause == "RevisionNotFoundError":
+            raise UserError(f"{location.url}: no such revision in the repository") from None
+        raise UserError(f"{location.url}: {HUB_NO_ACCESS}") from None
+    except Exception as error:  # an HTTP error (403), a connection refused
+        if _is_hub_error(error):
+            raise UserError(f"{location.url}: {describe(error)}") from None
+        raise
+
+
+# The Hub answers 401 alike for a repository that does not exist and for one the caller may not
+# see (private or gated, or no token).
+HUB_NO_ACCESS = (
+    "repository not found, or not readable with your token (a private or gated dataset needs a "
+    "token that may read it: `hf auth login` or HF_TOKEN)"
+)
+_HUB_PACKAGES = ("huggingface_hub", "httpx2", "httpcore2", "httpx", "httpcore")
+
+
+def _is_hub_error(error: BaseException) -> bool:
+    return type(error).__module__.partition(".")[0] in _HUB_PACKAGES
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status of a Hub client's error (an HfHubHTTPError's response), else None."""
+    return getattr(getattr(error, "response", None), "status_code", None)
 
 
 def open_set_location(location: str | Path, storage_options: dict | None = None) -> SetLocation:
@@ -94,7 +156,10 @@ def open_set_location(location: str | Path, storage_options: dict | None = None)
     folder, slash, name = text.rpartition("/")
     if name == MANIFEST_NAME:
         text = (folder or "/") if slash else "."
-    return open_location(text, storage_options)
+    found = open_location(text, storage_options)
+    if is_hub(text):
+        _check_hub_repository(found)
+    return found
 
 
 # Packages whose exceptions mean "the storage could not be used" (missing credentials, a
@@ -108,6 +173,7 @@ _STORAGE_PACKAGES = {
     "gcsfs",
     "google",
     "s3fs",
+    *_HUB_PACKAGES,
 }
 
 
@@ -122,6 +188,8 @@ def storage_errors(where: str) -> Iterator[None]:
     except Exception as error:
         if type(error).__module__.partition(".")[0] not in _STORAGE_PACKAGES:
             raise
+        if _is_hub_error(error):  # its own messages run over several lines
+            raise UserError(f"{where}: {describe(error)}") from None
         raise UserError(f"{where}: {type(error).__name__}: {error}") from None
 
 
@@ -150,8 +218,9 @@ def open_read(location: SetLocation, relative: str) -> IO[bytes]:
 
 def _streaming(url: str) -> dict:
     # http(s): one streamed GET (block_size 0); the default would issue range requests, which
-    # plain servers (python -m http.server) do not support.
-    return {"block_size": 0} if _is_http(url) else {}
+    # plain servers (python -m http.server) do not support. The Hub: one streamed GET too,
+    # rather than a request per block.
+    return {"block_size": 0} if _is_http(url) or is_hub(url) else {}
 
 
 def _is_http(url: str) -> bool:
@@ -173,10 +242,27 @@ def describe(error: Exception) -> str:
 
     if isinstance(error, aiohttp.ClientResponseError):
         return f"HTTP {error.status} {error.message}"
+    if _status(error) is not None and _is_hub_error(error):
+        return _describe_hub(error)
     if isinstance(error, TimeoutError):  # asyncio's too, since Python 3.11
         silence, connect = HTTP_SILENCE_SECONDS, HTTP_CONNECT_SECONDS
         return f"timed out: nothing received for {silence:g} s, or no connection in {connect:g} s"
     return str(error) or type(error).__name__
+
+
+def _describe_hub(error: BaseException) -> str:
+    """One line for an HTTP error of the Hub: the status, the server's own message where it
+    gave one, and for 401/403 what to do about it."""
+    status = _status(error)
+    response = getattr(error, "response", None)
+    reason = getattr(response, "reason_phrase", "") or ""
+    server = (getattr(error, "server_message", None) or "").strip().splitlines()
+    text = f"HTTP {status} {reason}".strip() + (f": {server[0]}" if server else "")
+    if status == 401:
+        text += " (no valid token: `hf auth login`, or set HF_TOKEN)"
+    elif status == 403:
+        text += " (the token may not do this here: reading needs read access, push write access)"
+    return text
 
 
 def _http_options(url: str) -> dict:
@@ -320,13 +406,24 @@ def retried(name: str, attempt: Callable[[], Result], attempts: int = RETRIES) -
             return attempt()
         except FileNotFoundError:
             raise UserError(f"{name}: not found (listed in the manifest)") from None
-        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError, *_hub_transient()) as error:
+            if _is_hub_error(error) and _status(error) in (401, 403, 404):  # not worth retrying
+                if _status(error) == 404:
+                    raise UserError(f"{name}: not found (listed in the manifest)") from None
+                raise UserError(f"{name}: {describe(error)}") from None
             if number == attempts:
                 raise UserError(
                     f"{name}: transfer failed after {attempts} attempts ({describe(error)})"
                 ) from None
             time.sleep(backoff(number))
     raise AssertionError("unreachable")
+
+
+def _hub_transient() -> tuple[type[BaseException], ...]:
+    """The Hub client's network errors (a dropped or refused connection, a time-out), worth
+    another attempt; none where that client was never imported."""
+    httpx2 = sys.modules.get("httpx2")
+    return (httpx2.TransportError,) if httpx2 is not None else ()
 
 
 def backoff(failures: int) -> float:
@@ -459,8 +556,14 @@ def sole_writer(location: SetLocation) -> Iterator[None]:
 
 
 def check_writable(location: SetLocation) -> None:
-    """Refuse a location that cannot be written to: an http(s) URL (read-only in fsspec), or a
-    local path that is a file (or lies under one) rather than a folder."""
+    """Refuse a location that cannot be written to: an http(s) URL (read-only in fsspec), the
+    Hub (where each file written would be a commit of its own: ``push`` publishes a set there),
+    or a local path that is a file (or lies under one) rather than a folder."""
+    if is_hub(location.url):
+        raise UserError(
+            f"{location.url}: the Hub is written only by push: build or pull into a folder, then "
+            f"`ipt-data push FOLDER {location.url}`"
+        )
     if _is_http(location.url):
         raise UserError(
             f"{location.url}: cannot write to an http(s) URL; use a folder or s3://… (any "

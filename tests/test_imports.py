@@ -125,7 +125,7 @@ def test_no_import_cycle_among_the_project_modules():
 LAYERS = (
     "tasks sources decode imresize superres noise rain seeding patches metrics png safety",
     "benchsets rainstats",
-    "layout manifest remote card transfer verify",
+    "layout manifest remote card transfer verify hub",
     "worker shardwriter distributor build",
 )
 
