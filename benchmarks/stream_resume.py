@@ -16,7 +16,7 @@ import tracemalloc
 
 import numpy as np
 
-from ipt_data import TASKS, parse_tasks
+from ipt_data import TASKS, cpu_model, parse_tasks
 from ipt_train.configs import LoaderConfig
 from ipt_train.schedule import TaskMix
 from ipt_train.stream.order import TaskOrder
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    print(f"cpu: {cpu_model()}")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for round_ in range(args.repeat):
         tracemalloc.start()
