@@ -60,6 +60,27 @@ def preview(image: str, out: str, seed: int, tasks: str) -> None:
 
 
 @main.command()
+@click.argument("shards", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--tasks", help="Comma-separated task names [default: all of the set's].")
+@click.option(
+    "--samples",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples per task, spread over its first shards.",
+)
+def show(shards: str, out: str, tasks: str | None, samples: int) -> None:
+    """Draw a contact sheet of the shard set SHARDS (a folder or URL): a row per task of its
+    samples, input next to target at the same scale, each with its key and source image. Every
+    shard read is checked as training checks it."""
+    from ipt_data.show import show_set
+
+    width, height = show_set(shards, out, tasks, samples)
+    click.echo(f"wrote {out} ({width}x{height})")
+
+
+@main.command()
 @click.option("--corruptions", is_flag=True, help="Time each corruption stage per image.")
 @click.option("--build", "build_", is_flag=True, help="Ray build vs its floor, 1 vs 2 workers.")
 @click.option(
