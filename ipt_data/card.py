@@ -95,6 +95,15 @@ def render_card(manifest: dict) -> str:
     return "---\n" + _yaml(_header(manifest)) + "---\n\n" + _body(manifest)
 
 
+def task_params(manifest: dict, name: str) -> dict:
+    """The task's parameters as the manifest records them (``params.tasks.<name>``, which
+    readers do not check: a set from another writer may lack it or hold anything there), or
+    ``{}``."""
+    tasks = manifest["params"].get("tasks")
+    params = tasks.get(name) if isinstance(tasks, dict) else None
+    return params if isinstance(params, dict) else {}
+
+
 def filled_shards(task: dict) -> list[str]:
     """The paths of a manifest task's shards that hold samples, in manifest order."""
     return [shard["path"] for shard in task["shards"] if shard["samples"] > 0]
@@ -137,8 +146,8 @@ def _dataset_info(manifest: dict, name: str) -> dict | None:
     images, the JSON as a struct whose ``task`` field is the task's parameters, ``__key__`` and
     ``__url__``); None where the manifest does not record the task's
     parameters (a set from another writer), for ``datasets`` to infer from the data."""
-    params = manifest["params"].get("tasks", {}).get(name)
-    if not isinstance(params, dict):
+    params = task_params(manifest, name)
+    if not params:
         return None
     seed = "uint64" if manifest["format_version"] == 1 else "string"
     sample = {
@@ -309,9 +318,9 @@ def _contents_table(manifest: dict) -> str:
 
 
 def _making(name: str, task: dict, manifest: dict) -> str:
-    params = manifest["params"].get("tasks", {}).get(name, {})
-    corruption = params.get("corruption", {}) if isinstance(params, dict) else {}
-    kind = corruption.get("kind") if isinstance(corruption, dict) else None
+    corruption = task_params(manifest, name).get("corruption")
+    corruption = corruption if isinstance(corruption, dict) else {}
+    kind = corruption.get("kind")
     target = task["target_size"]
     if kind == "matlab_bicubic_downscale":
         how = (

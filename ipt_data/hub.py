@@ -75,6 +75,7 @@ def push_to_hub(
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     repository, revision = hub_repository(url)
+    api = _hub_api(progress)
     source = open_set_location(src_dir)
     if not source.is_local:
         raise UserError(f"{source.url}: push uploads a set from a folder; pull it first")
@@ -84,13 +85,6 @@ def push_to_hub(
     # A set written before cards gets one: the Hub reads its tasks from it.
     card = plan.card_bytes or render_card(manifest).encode()
     _check_shards(source, plan.shards, progress, jobs)
-
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import disable_progress_bars
-
-    if not progress:
-        disable_progress_bars()
-    api = HfApi()
     with storage_errors(url):
         api.create_repo(repository, repo_type="dataset", private=private, exist_ok=True)
         present = {
@@ -118,6 +112,20 @@ def push_to_hub(
         bytes_copied=sum(shard["bytes"] for shard in missing),
         commits=commits,
     )
+
+
+def _hub_api(progress: bool):
+    """huggingface_hub's client (its endpoint and token from HF_ENDPOINT, HF_TOKEN or the
+    login), its progress bars shown only with ``progress``; without the package, one clear
+    error."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:
+        raise UserError("hf:// needs huggingface_hub: pip install 'ipt-toolkit[hf]'") from None
+    if not progress:
+        disable_progress_bars()
+    return HfApi()
 
 
 def _check_shards(source: SetLocation, shards: list[dict], progress: bool, jobs: int) -> None:

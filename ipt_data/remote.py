@@ -242,7 +242,7 @@ def describe(error: Exception) -> str:
 
     if isinstance(error, aiohttp.ClientResponseError):
         return f"HTTP {error.status} {error.message}"
-    if _status(error) is not None and _is_hub_error(error):
+    if _is_hub_error(error):
         return _describe_hub(error)
     if isinstance(error, TimeoutError):  # asyncio's too, since Python 3.11
         silence, connect = HTTP_SILENCE_SECONDS, HTTP_CONNECT_SECONDS
@@ -254,6 +254,9 @@ def _describe_hub(error: BaseException) -> str:
     """One line for an HTTP error of the Hub: the status, the server's own message where it
     gave one, and for 401/403 what to do about it."""
     status = _status(error)
+    if status is None:  # not an HTTP answer: a refused connection, a malformed repository id
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     response = getattr(error, "response", None)
     reason = getattr(response, "reason_phrase", "") or ""
     server = (getattr(error, "server_message", None) or "").strip().splitlines()

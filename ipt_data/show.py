@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ipt_data.card import task_params
 from ipt_data.errors import UserError
 from ipt_data.fileio import encode_image, write_bytes_atomic
 from ipt_data.manifest import read_set_manifest
@@ -169,7 +170,7 @@ def _task_row(
     row = np.full((height, width, 3), 255, np.uint8)
     target_scale = side // task["target_size"]
     input_scale = side // task["input_size"]
-    corruption = manifest["params"].get("tasks", {}).get(name, {}).get("corruption", {})
+    corruption = task_params(manifest, name).get("corruption")
     label = [
         (name, 0.7, 2),
         *((line, 0.45, 1) for line in _corruption_words(corruption)),

@@ -147,6 +147,16 @@ def test_a_subset_gets_the_card_of_its_own_manifest(card_set, tmp_path):
     assert verify_shard_set(tmp_path / "sub", workers=1).unlisted == ()
 
 
+def test_a_manifest_without_task_parameters_gets_a_card_without_features(card_set):
+    manifest = manifest_of(card_set)
+    manifest["params"]["tasks"] = 5  # not checked by readers: another writer may put anything
+    text = render_card(manifest)
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert [config["config_name"] for config in header["configs"]] == TASK_NAMES
+    assert "dataset_info" not in header  # datasets infers the features then
+    assert "- `sr_x2`: the target is a 96×96 crop; corruption {}." in text
+
+
 def test_filled_shards_skips_empty_ones():
     task = {"shards": [{"path": "a", "samples": 0}, {"path": "b", "samples": 3}]}
     assert filled_shards(task) == ["b"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from loopback_hub import READ_TOKEN, WRITE_TOKEN, Repository, hub_server
-from loopback_servers import BIN, copy_set, tiny_set
+from loopback_servers import BIN, copy_set, free_port, tiny_set
 
 from ipt_data.cli import main
 
@@ -203,6 +203,12 @@ def test_hub_errors_are_one_line(hub, shard_set, tmp_path, command, token, expec
     line = one_error_line(run(hub, command, token))
     assert expected in line, line
     assert not (tmp_path / "copy").exists()
+
+
+def test_an_unreachable_hub_is_one_error_line(hub, tmp_path):
+    hub.url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    line = one_error_line(run(hub, [BIN / "ipt-data", "info", "hf://datasets/ipt/tiny"]))
+    assert line.startswith("Error: hf://datasets/ipt/tiny: ConnectError: "), line
 
 
 @pytest.mark.parametrize(
