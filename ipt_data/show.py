@@ -65,7 +65,7 @@ def show_set(
     names = _task_names(manifest, tasks)
     rows = [(name, pick_samples(location, manifest, name, samples)) for name in names]
     sheet = render_sheet(location.url, manifest, rows, samples)
-    # the best zlib level: a sheet is written once, and is often shared (0.4x the bytes of level 1)
+    # the best zlib level: a sheet is written once and often shared, so its size matters more
     write_bytes_atomic(out, encode_image(sheet, ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9)))
     return sheet.shape[1], sheet.shape[0]
 
