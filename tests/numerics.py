@@ -170,4 +170,9 @@ def _as_tensor(values: torch.Tensor | np.ndarray | float) -> torch.Tensor:
 
 # The environment variables that choose other CPU kernels (.ci/run reruns the numerics tests
 # under some of them).
-KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "NPY_DISABLE_CPU_FEATURES")
+KERNEL_SETTINGS = (
+    "ATEN_CPU_CAPABILITY",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "NPY_DISABLE_CPU_FEATURES",
+)

@@ -140,6 +140,7 @@ def test_autocast_runs_forward_and_backward_on_cpu(official_small, dtype):
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+@pytest.mark.numerics
 @pytest.mark.skipif(
     not os.environ.get("IPT_OFFICIAL_DIR"),
     reason="set IPT_OFFICIAL_DIR to a checkout of huawei-noah/Pretrained-IPT (needs einops)",

@@ -136,8 +136,12 @@ def test_blends_differ_only_where_tiles_overlap(tiny):
     assert not torch.equal(uniform[:, :, 24:96], distance[:, :, 24:96])
 
 
-@pytest.mark.numerics
-@pytest.mark.parametrize(("blend", "size"), [("uniform", 48), ("official", 61)])
+# The 61x61 official case runs 8 chops of 9 tiles: 20 s under ATEN_CPU_CAPABILITY=default for
+# what the 48x48 case checks as well (the model's kernels only decide the shared forward passes)
+@pytest.mark.parametrize(
+    ("blend", "size"),
+    [pytest.param("uniform", 48, marks=pytest.mark.numerics), ("official", 61)],
+)
 def test_self_ensemble_commutes_with_transposition(tiny, blend, size):
     """The 8 transforms of the transposed image are the 8 of the image: the same forward passes
     of the same tiles in the same batches (bit-identical), summed in another order. Only that
