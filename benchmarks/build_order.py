@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ipt_data.sources import SourceList
+from ipt_data import SourceList
 
 
 def _best_seconds(function, repeats: int) -> float:

@@ -76,6 +76,7 @@ def finetune(config: TrainConfig, setup: FinetuneConfig) -> TrainResult:
         data=source.fingerprint([task]),
     )
     notes = {"init": os.path.abspath(setup.init)} if setup.init else {}
+    notes["micro_batch"] = setup.loader.micro_batch  # recorded; a resume may change it
     threads = thread_budget(config.threads, setup.loader.workers)
     with distributed(config.device, threads) as env:
         model = model.to(env.device)

@@ -34,5 +34,8 @@ def pretrain(config: TrainConfig, setup: PretrainConfig) -> TrainResult:
         torch.manual_seed(config.seed)
         model = IPT(model_config).to(env.device)
         slot = lambda name: TASKS[name].index  # noqa: E731
-        job = stream_job(model, mix, slot, shard_set, setup.loader, config.seed, env, identity)
+        notes = {"micro_batch": setup.loader.micro_batch}  # recorded; a resume may change it
+        job = stream_job(
+            model, mix, slot, shard_set, setup.loader, config.seed, env, identity, notes
+        )
         return train_and_export(config, job, env)
