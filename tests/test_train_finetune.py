@@ -19,10 +19,10 @@ from ipt_data.fileio import file_sha256
 from ipt_data.tasks import get_task
 from ipt_train.checkpoint import load_model, official_state_dict, save_checkpoint, to_single_task
 from ipt_train.configs import EvalConfig, FinetuneConfig, LoaderConfig, TrainConfig
-from ipt_train.stream.shardset import ShardSet
 from ipt_train.evaluate import evaluate
 from ipt_train.finetune import finetune, initial_model, starting_model
 from ipt_train.stream.folders import CleanFolder, PairedFolder, TrainingSource
+from ipt_train.stream.shardset import ShardSet
 from ipt_train.trainstate import load_train_state
 
 BIN = Path(sys.executable).parent
