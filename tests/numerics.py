@@ -56,7 +56,7 @@ def unit_roundoff(dtype: torch.dtype | type = torch.float32) -> float:
 
 def max_sigmas(elements: int) -> float:
     """How many standard deviations the largest of ``elements`` independent Gaussian errors
-    reaches at most, but with probability FAILURE_PROBABILITY (a union bound over both tails):
+    stays within, except with probability FAILURE_PROBABILITY (a union bound over both tails):
     about sqrt(2 ln M) plus a margin, 4.9 for one value, 6.5 for 20,000."""
     tail = FAILURE_PROBABILITY / (2 * max(elements, 1))
     return NormalDist().inv_cdf(1 - tail)
