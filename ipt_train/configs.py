@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ipt_data import UserError
 from ipt_train.schedule import LRSchedule
+from ipt_train.stream.cache import check_limit_text
 from ipt_train.tilegrid import TileConfig
 
 SUPCON_WEIGHT = 0.1  # λ of the contrastive term (docs/training.md)
@@ -47,6 +48,8 @@ class LoaderConfig:
             raise UserError(
                 "--fetch-attempts must be >= 1, --fetch-timeout > 0 and --read-ahead >= 0"
             )
+        if self.cache_limit is not None:
+            check_limit_text(self.cache_limit)  # a typo fails here, not in a loader worker
 
 
 def default_cache_folder() -> str:

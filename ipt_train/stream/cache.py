@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import time
 import uuid
@@ -178,23 +179,31 @@ def _remove_if_unlocked(path: Path) -> int:
     return 0
 
 
+LIMIT_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT%]?)\s*$", re.IGNORECASE)
+
+
 def parse_limit(limit: int | str | None, root: Path, cached: int) -> int:
     """Bytes from ``limit``: an int, ``"500G"``-style text (K, M, G, T: powers of 1024),
     ``"40%"`` of the free disk plus what is cached already, or None for
     :data:`DEFAULT_FREE_FRACTION` of it."""
     free = shutil.disk_usage(root).free
-    if limit is None or limit == "":
+    if limit is None:
         return cached + int(free * DEFAULT_FREE_FRACTION)
     if isinstance(limit, int):
         return limit
-    text = limit.strip().upper()
-    try:
-        if text.endswith("%"):
-            return cached + int(free * float(text[:-1]) / 100)
-        power = "KMGT".find(text[-1]) + 1 if text[-1] in "KMGT" else 0
-        return int(float(text[:-1] if power else text) * 1024**power)
-    except ValueError:
+    number, unit = check_limit_text(limit)
+    if unit == "%":
+        return cached + int(free * number / 100)
+    return int(number * 1024 ** ("_KMGT".index(unit) if unit else 0))
+
+
+def check_limit_text(limit: str) -> tuple[float, str]:
+    """(number, unit) of a --cache-limit text, the unit "", "K", "M", "G", "T" or "%"; else
+    the one UserError that says what is expected."""
+    match = LIMIT_TEXT.match(limit)
+    if not match:
         raise UserError(
             f"--cache-limit {limit!r}: give bytes (200G, 1.5T, 500M) or a share of the free "
             "disk (40%)"
-        ) from None
+        )
+    return float(match.group(1)), match.group(2).upper()
