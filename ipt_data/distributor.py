@@ -11,10 +11,13 @@ other chunks have finished; their work is kept, so rerunning the build retries o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,7 +27,7 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from ipt_data.configs import RayConfig
-from ipt_data.errors import UserError
+from ipt_data.errors import Stop, UserError, raise_stop
 from ipt_data.layout import ChunkStats
 from ipt_data.progress import progress_bar
 from ipt_data.worker import ChunkJob, process_chunk
@@ -42,17 +45,38 @@ class BuildFailed(UserError):
 
 @contextmanager
 def ray_session(config: RayConfig) -> Iterator[int]:
-    """Connect to Ray for the duration of the block; yields how many tasks to run at once."""
+    """Connect to Ray for the duration of the block; yields how many tasks to run at once.
+
+    A local instance started here ends with the block, or with this process however it ends
+    (:func:`_guarded`)."""
     ray = _import_ray()
     if config.address:
         _check_reachable(config.address)
     started = not ray.is_initialized()
-    if started and config.address:
-        try:
-            ray.init(address=config.address, log_to_driver=False)
-        except (ValueError, ConnectionError) as error:  # a malformed or dead --address
-            raise UserError(f"--address {config.address}: {error}") from None
-    elif started:
+    guard = _guarded() if started and not config.address else None
+    try:
+        if started:
+            _init(ray, config)
+        with _sigterm_as_interrupt(started):
+            yield config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if started:
+            ray.shutdown()
+        if guard is not None:
+            guard.dismiss()  # only once the instance is down: else the guard ends what is left
+
+
+def _init(ray, config: RayConfig) -> None:
+    """``ray.init`` for a new local instance, or to join the cluster at ``config.address``.
+    ``ray.init`` installs a SIGTERM handler that exits with status 15 first thing: a SIGTERM
+    while it starts the instance stops the build as one later would (:class:`Stop`)."""
+    try:
+        if config.address:
+            try:
+                ray.init(address=config.address, log_to_driver=False)
+            except (ValueError, ConnectionError) as error:  # a malformed or dead --address
+                raise UserError(f"--address {config.address}: {error}") from None
+            return
         cores = config.workers or os.cpu_count() or 1
         # A new local instance gets token authentication by default, and Ray logs a warning
         # saying so into every build's output; the authentication stays, the warning goes.
@@ -64,32 +88,100 @@ def ray_session(config: RayConfig) -> Iterator[int]:
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             log_to_driver=False,
         )
-    try:
-        with _sigterm_as_interrupt(started):
-            yield config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    finally:
-        if started:
-            ray.shutdown()
+    except SystemExit as exiting:
+        if exiting.code == signal.SIGTERM:  # ray.init's handler: sys.exit(signum)
+            raise Stop(signal.SIGTERM) from None
+        raise
+
+
+class _Guard:
+    """The process :func:`_guarded` starts; :meth:`dismiss` lets it go without ending anything."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self._process = process
+
+    def dismiss(self) -> None:
+        with contextlib.suppress(OSError):  # it may have been killed: nothing to dismiss then
+            self._process.stdin.write(b"done")
+            self._process.stdin.close()
+        self._process.wait()
+
+
+def _guarded() -> _Guard | None:
+    """Start a guard that ends what the local Ray instance leaves if this process dies first.
+
+    Ray ends its own processes with the driver (its core processes by the kernel's parent-death
+    signal, its workers seconds after the raylet), but after a SIGKILL of the driver its
+    dashboard and runtime-env agents each wait 60 s on the dead GCS, to report the raylet's
+    death, before they exit (Ray 2.60). The guard (:data:`_GUARD_PROGRAM`, Linux only) is a
+    small process of its own session, so that a group kill or a terminal's Ctrl-C does not reach
+    it; it reads a pipe from this process and notes this process's descendants every second.
+    When the pipe ends without :meth:`_Guard.dismiss` (this process died), it SIGKILLs those of
+    them still running."""
+    if not sys.platform.startswith("linux"):
+        return None
+    command = [sys.executable, "-I", "-S", "-c", _GUARD_PROGRAM, str(os.getpid())]
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True, **streams)
+    return _Guard(process)
+
+
+# Standard library only, and run with -I -S: it starts in ~20 ms and holds ~10 MB.
+_GUARD_PROGRAM = r"""
+import os, select, signal, sys
+
+driver, me = int(sys.argv[1]), os.getpid()
+
+
+def started(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19]  # the parent, the start time (a reused pid differs)
+
+
+def descendants():
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parents[int(name)] = started(name)
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                pass
+    found, frontier = {}, {driver}
+    while frontier:
+        frontier = {pid for pid, (up, _) in parents.items() if up in frontier and pid != me}
+        found.update((pid, parents[pid][1]) for pid in frontier)
+    return found
+
+
+seen = {}
+while not select.select([0], [], [], 1.0)[0]:
+    seen.update(descendants())
+if not os.read(0, 4):  # the pipe ended without "done": the driver died
+    for pid, start in seen.items():
+        try:
+            if started(pid)[1] == start:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            pass
+"""
 
 
 @contextmanager
 def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
     """While the block runs, SIGTERM (a scheduler's time limit, ``docker stop``) stops the
-    build as Ctrl-C does (one ``Error: interrupted`` line; finished chunks kept) instead of
-    Ray's handler, which dumps a stack report and exits with status 15. Only in the main
-    thread (where Python handles signals), and only for a Ray instance started here."""
+    build as Ctrl-C does (:class:`ipt_data.errors.Stop`: one ``Error: stopped by SIGTERM`` line,
+    exit 143, finished chunks kept) instead of the handler ``ray.init`` installs, which dumps a
+    stack report and exits with status 15. Only in the main thread (where Python handles
+    signals), and only for a Ray instance started here."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class ProgressCounter:

@@ -9,6 +9,12 @@ a remote set's in threads (each shard fetched once, nothing kept). The result na
 shard with its first problem; a shard whose bytes differ from the manifest is named for that
 rather than for a sample that then fails to decode.
 
+Ctrl-C, SIGTERM or SIGUSR1 stops the checks under way within a 1 MiB block (a stop event the
+shard streams watch) and ends the command with ``Error: interrupted; ...`` and 128 + the signal's
+number (:mod:`ipt_data.errors`); verify writes nothing, so there is nothing to clean up. Its
+processes ignore Ctrl-C (the terminal sends it to them too: the main process decides) and end
+within a second of the main process however it ends, SIGKILL included.
+
 A shard is someone else's file even when its hash matches the manifest (the manifest may be
 theirs too): the stream's gates refuse a member other than the three, a link, an oversized
 member or a PNG bomb from its header, before anything is decoded. Tars are read with the
@@ -19,8 +25,12 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import re
+import signal
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +39,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ipt_data.errors import UserError, printable
+from ipt_data.errors import UserError, interrupted_then, printable
 from ipt_data.layout import BOOKKEEPING_FOLDERS, CARD_NAME, MANIFEST_NAME
 from ipt_data.manifest import images_line, png_encoder_of, read_set_manifest
 from ipt_data.progress import progress_bar
-from ipt_data.remote import SetLocation, open_set_location, read_shard, retried, storage_errors
+from ipt_data.remote import (
+    SetLocation,
+    open_set_location,
+    read_shard,
+    retried,
+    storage_errors,
+)
 from ipt_data.safety import check_png_header
 
 
@@ -89,10 +105,8 @@ def verify_shard_set(
     checks = _shard_checks(manifest)
     workers = workers or os.cpu_count() or 1
     bar = progress_bar(total=len(checks), unit="shard", desc="verify", enabled=progress)
-    # Local shards: decoding is CPU-bound. Remote: network-bound, threads share one fsspec client.
-    pool = ProcessPoolExecutor if location.is_local else ThreadPoolExecutor
-    with bar:
-        problems = _map(functools.partial(check_shard, location), checks, workers, pool, bar)
+    with bar, interrupted_then("nothing was written: rerun verify to check the set"):
+        problems = _map(location, checks, workers, bar)
     found = {
         check.name: problem for check, problem in zip(checks, problems, strict=True) if problem
     }
@@ -124,12 +138,69 @@ def unlisted_files(root: Path, checks: list[ShardCheck]) -> tuple[str, ...]:
     )
 
 
-def _map(function, items: list, workers: int, pool: type[Executor], bar: tqdm) -> list:
-    """``[function(item) for item in items]``, ``workers`` at a time, ticking ``bar`` per item."""
-    if workers == 1 or len(items) < 2:
-        return [_ticked(bar, function(item)) for item in items]
-    with pool(workers) as running:
-        return [_ticked(bar, result) for result in running.map(function, items)]
+def _map(location: SetLocation, checks: list[ShardCheck], workers: int, bar: tqdm) -> list:
+    """``[check_shard(location, check) ...]``, ``workers`` at a time, ticking ``bar`` per shard:
+    local shards in processes (decoding is CPU-bound), remote ones in threads (network-bound,
+    sharing one fsspec client). When the caller is interrupted, the checks not begun are
+    cancelled and those under way stop within a block (their stop event)."""
+    if workers == 1 or len(checks) < 2:
+        return [_ticked(bar, check_shard(location, check)) for check in checks]
+    pool: Executor
+    if location.is_local:
+        context = multiprocessing.get_context()
+        stop = context.Event()
+        start = (stop, os.getpid())
+        pool = ProcessPoolExecutor(workers, context, _start_checker, start)
+        function = functools.partial(_check_in_process, location)
+    else:
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ipt-verify")
+        function = functools.partial(check_shard, location, stop=stop)
+    with pool:
+        try:
+            return [_ticked(bar, result) for result in pool.map(function, checks)]
+        except BaseException:  # Ctrl-C, SIGTERM: stop now, not after every shard is checked
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+_process_stop = None  # a checking process's stop event (_start_checker)
+
+
+def _start_checker(stop, parent: int) -> None:
+    """Set up a checking process: its stop event; Ctrl-C and SIGUSR1 ignored (the main process
+    stops the checks), SIGTERM as :func:`_on_sigterm`; its end within a second of ``parent``'s,
+    which may be killed outright."""
+    global _process_stop
+    _process_stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit with the main process").start()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM in a checking process: its end a second later, unless the main process starts
+    stopping the checks meanwhile. A scheduler signals every process of a job at once, and then
+    the main process stops the checks (a process that died instead would break the pool under
+    it); the pool's own SIGTERM, after another process died, ends this one."""
+
+    def end_unless_stopping() -> None:
+        if not _process_stop.wait(1.0):
+            os._exit(128 + signum)
+
+    threading.Thread(target=end_unless_stopping, daemon=True).start()
+
+
+def _check_in_process(location: SetLocation, check: ShardCheck) -> str | None:
+    return check_shard(location, check, _process_stop)
 
 
 def _ticked(bar: tqdm, result: object) -> object:
@@ -137,23 +208,24 @@ def _ticked(bar: tqdm, result: object) -> object:
     return result
 
 
-def check_shard(location: SetLocation, check: ShardCheck) -> str | None:
+def check_shard(location: SetLocation, check: ShardCheck, stop=None) -> str | None:
     """The first problem of one shard of the set at ``location``, or None when it is intact.
-    Network errors are retried (:func:`ipt_data.remote.retried`)."""
+    Network errors are retried (:func:`ipt_data.remote.retried`); once the event ``stop`` is
+    set, the check ends within a block (:class:`ipt_data.remote.CopyStopped`)."""
     name = location.describe(check.name)
     try:
         with storage_errors(name):
-            return retried(name, lambda: _first_problem(location, check))
+            return retried(name, lambda: _first_problem(location, check, stop))
     except UserError as error:  # the stream's checks and gates: nothing foreign was decoded
         return str(error)
 
 
-def _first_problem(location: SetLocation, check: ShardCheck) -> str | None:
+def _first_problem(location: SetLocation, check: ShardCheck, stop=None) -> str | None:
     """Stream the shard through :func:`ipt_data.remote.read_shard`, decoding each sample until
     one fails; that sample's problem, told only once the stream has ended verified (a shard
     whose bytes differ from the manifest raises for that first)."""
     problem = None
-    for sample in read_shard(location, check.entry):
+    for sample in read_shard(location, check.entry, stop=stop):
         problem = problem or _sample_problem(sample, check)
     return problem
 

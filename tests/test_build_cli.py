@@ -103,31 +103,33 @@ def test_killed_build_resumes_to_the_uninterrupted_bytes(killed_and_resumed, uni
 
 
 @pytest.mark.parametrize(
-    "stop",
+    ("stop", "status", "head"),
     [
-        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), id="ctrl-c"),
-        pytest.param(lambda pid: os.kill(pid, signal.SIGTERM), id="sigterm"),
+        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), 130, "interrupted", id="ctrl-c"),
+        pytest.param(
+            lambda pid: os.kill(pid, signal.SIGTERM), 143, "stopped by SIGTERM", id="sigterm"
+        ),
     ],
 )
 def test_interrupted_then_rerun_resumes_to_the_uninterrupted_bytes(
-    tree, uninterrupted, tmp_path, stop
+    tree, uninterrupted, tmp_path, stop, status, head
 ):
     """SIGINT to the build's process group (a terminal's Ctrl-C), or SIGTERM to the build (a
     scheduler's time limit), after its first chunks: one Error line saying what was kept, exit
-    130, no manifest; the rerun finishes the same bytes. (Before: click's bare "Aborted!" with
-    exit 1; for SIGTERM, Ray's stack report and exit 15.)"""
+    128 + the signal (130, 143), no manifest; the rerun finishes the same bytes. (Before:
+    click's bare "Aborted!" with exit 1; for SIGTERM, Ray's stack report and exit 15.)"""
     out = tmp_path / "set"
     command = [IPT_DATA, "build", "--src", str(tree), "--out", str(out), "--workers", "1"]
     build = _start_group(command + BUILD_OPTIONS, tmp_path / "build.log")
     try:
         _wait_for(lambda: _done_chunks(out) >= 2 or build.poll() is not None, 120, "2 chunks")
         stop(build.pid)
-        assert build.wait(timeout=60) == 130
+        assert build.wait(timeout=60) == status
     finally:
         _kill_group(build)
     log = (tmp_path / "build.log").read_text()
     assert "Traceback" not in log and log.strip().splitlines()[-1] == (
-        "Error: interrupted; the chunks finished so far are kept, no manifest was written: "
+        f"Error: {head}; the chunks finished so far are kept, no manifest was written: "
         "rerun to resume"
     )
     assert not (out / "manifest.json").exists() and _done_chunks(out) < CHUNKS
