@@ -270,7 +270,11 @@ def _train_config(options: dict):
 @click.option("--task-weights", default=None, help="Relative draw weights, e.g. sr_x2=2,derain=1.")
 @training_options(pretrain_training())
 def pretrain(shards, preset, tasks, task_weights, **options):
-    """Multi-task pretraining from a shard set (one process, or many under torchrun)."""
+    """Multi-task pretraining from a shard set (one process, or many under torchrun).
+
+    SIGTERM, SIGINT or SIGUSR1 stops it after the step under way, the steps saved for --resume;
+    exit status 128 + the signal (143, 130, 138). A second signal 1 s or more later exits at
+    once, the last checkpoint kept."""
     import os
 
     from ipt_train.pretrain import pretrain
@@ -335,7 +339,10 @@ def tables(bench, ckpt, ckpt_for, baseline, sets, seed, device, json_path, **opt
 @click.option("--pairs", default=None, type=click.Path(), help="rain-N/norain-N pairs folder.")
 @training_options(finetune_training())
 def finetune(init, preset, task_name, shards, clean, pairs, **options):
-    """Fine-tune one task of a pretrained IPT (other heads and tails dropped)."""
+    """Fine-tune one task of a pretrained IPT (other heads and tails dropped).
+
+    SIGTERM, SIGINT or SIGUSR1 stops it after the step under way, the steps saved for --resume;
+    exit status 128 + the signal (143, 130, 138)."""
     import os
 
     from ipt_train.finetune import finetune
@@ -389,7 +396,10 @@ def plot(run, out, window, grid_ckpt, grid_task, grid_image):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch_command(command, **where):
     """Run `pretrain ...` or `finetune ...` (COMMAND) in several processes, as torchrun does, but
-    ending in one Error line, not torchrun's traceback, when a process fails."""
+    ending in one Error line, not torchrun's traceback, when a process fails.
+
+    SIGTERM, SIGINT and SIGUSR1 are passed on to the processes, which stop after their step with
+    the steps saved; launch waits for them and exits with their status (143, 130, 138)."""
     from ipt_train.launch import launch
 
     launch(LaunchConfig(**where), command)

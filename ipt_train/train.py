@@ -17,12 +17,22 @@ whole run, checkpoints do not touch it, and a run resumed at step k on any numbe
 or workers reads exactly what the uninterrupted run read, and continues with exactly the saved
 parameters and optimizer state. A failure of the data (a shard that stays unreachable, a corrupt
 one) ends the run with the step reached saved, so that ``--resume`` continues once it is fixed.
+
+SIGTERM, SIGINT and SIGUSR1 stop a run the same way (docs/training.md#stopping-and-preemption):
+the signal only sets a flag, which rides on the one small all-reduce every step makes anyway
+(:func:`_take_units`), so that all ranks learn of any rank's signal at the same step; each
+finishes the step it is in, rank 0 saves the steps done, and every process ends with
+:class:`Stopped` (exit status 128 + the signal's number). A second signal at least
+:data:`REPEAT_SECONDS` after the first ends the process at once, the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -58,6 +68,14 @@ ADAM_IMPLEMENTATIONS = {
 }
 STREAM_ORDER = 2  # the global order of ipt_train.stream (1: per-reader streams, before it)
 TRAINING_ADAM = "fused"  # the implementation ipt-train pretrain / finetune run (see make_optimizer)
+# The signals that stop a run, in the order of their slots in the step's all-reduce.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# A signal this soon after the first is the same stop delivered twice, not a second request: a
+# SLURM job's signal reaches every process while torchrun's agent (or ipt-train launch) also
+# forwards it to the ranks, milliseconds apart.
+REPEAT_SECONDS = 1.0
+# How long after a stopped run's end further stop signals are still taken for late copies.
+LATE_SECONDS = 10.0
 
 
 @dataclass
@@ -106,7 +124,9 @@ def accumulation(config: TrainConfig, micro_batch: int, world: int) -> int:
 
 
 def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
-    """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs."""
+    """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs. A stop
+    signal ends the run after the step under way with its steps saved, raising
+    :class:`Stopped` (see the module doc)."""
     out = Path(config.out)
     accum = accumulation(config, job.micro_batch, env.world)
     identity = {**job.identity, "batch": config.batch, "seed": config.seed}
@@ -117,28 +137,183 @@ def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     result = TrainResult(job.model, start, [], math.nan)
     # The compiled module shares job.model's parameters; checkpoints use job.model's own keys.
     forward = torch.compile(job.model) if config.compile else job.model
-    save = lambda step: _checkpoint(out, job, optimizer, step, run, env)  # noqa: E731
-    try:
-        steps = range(start, config.steps)
-        units = iter(job.batches(steps, config.batch)) if steps else iter(())
-        for step in range(start, config.steps):
-            clock = time.perf_counter()
-            try:
-                losses = _train_step(job, forward, optimizer, units, step, accum, config, env)
-            except DataFailure as failure:
-                if result.trained:  # the steps done so far are kept: --resume goes on
-                    save(step)
-                raise UserError(f"{failure}{_resume_hint(out, result)}") from None
-            result.train_seconds += time.perf_counter() - clock
-            result.data_wait_seconds += losses["data_wait_s"]
-            result.trained.append((step, losses["task"]))
-            result.step, result.last_loss = step + 1, losses["loss"]
-            log.step(losses, config.batch)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                save(step + 1)
-    finally:
-        log.close()
+    stop = StopSignals(env.rank, out / STATE_NAME, start if config.resume else None)
+
+    def save(step: int) -> None:
+        if stop.saved_step != step:
+            _checkpoint(out, job, optimizer, step, run, env)
+            stop.saved_step = step
+
+    # The error ending the run is raised after the block: an exception raised inside would keep
+    # the loader's iterator referenced (through its traceback) past the block, and its worker
+    # processes with it.
+    ending: UserError | None = None
+    with stop:
+        try:
+            steps = range(start, config.steps)
+            units = iter(job.batches(steps, config.batch)) if steps else iter(())
+            for step in range(start, config.steps):
+                clock = time.perf_counter()
+                try:
+                    losses = _train_step(
+                        job, forward, optimizer, units, step, accum, config, env, stop
+                    )
+                except DataFailure as failure:  # the steps done so far are kept: --resume goes on
+                    ending = UserError(f"{failure}{_resume_hint(out, result)}")
+                except StopAgreed as agreed:
+                    line = _stopped_line(agreed.cause, out, result, config.steps, env)
+                    ending = Stopped(line, agreed.signum)
+                if ending is not None:
+                    if result.trained:
+                        save(step)
+                    break
+                result.train_seconds += time.perf_counter() - clock
+                result.data_wait_seconds += losses["data_wait_s"]
+                result.trained.append((step, losses["task"]))
+                result.step, result.last_loss = step + 1, losses["loss"]
+                log.step(losses, config.batch)
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    save(step + 1)
+        finally:
+            units = None  # the loader's workers end now
+            log.close()
+    if ending is not None:
+        raise ending
     return result
+
+
+class Stopped(UserError):
+    """A run stopped by a signal, its steps saved. Rank 0's message says where and that
+    ``--resume`` continues; the other ranks' is empty (they exit without a word). The exit
+    status is 128 + the signal's number, as a shell reports a process ended by it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopAgreed(Exception):
+    """The ranks' all-reduce of a step carried a stop request: every rank stops before it.
+    ``cause`` says what requested it (``SIGTERM``...)."""
+
+    def __init__(self, signum: int, cause: str) -> None:
+        super().__init__(cause)
+        self.signum, self.cause = signum, cause
+
+
+class StopSignals:
+    """While a run trains (a ``with`` block, in the main thread only), SIGTERM, SIGINT and
+    SIGUSR1 request a stop (:attr:`requested`, the first one's number) instead of ending the
+    process, and rank 0 says at once on stderr that the run will stop. Under torchrun (or
+    ``ipt-train launch``) the end of the launcher, the process's parent, requests one too (as
+    SIGTERM), so that a launcher killed outright does not leave its ranks training on.
+
+    A signal within :data:`REPEAT_SECONDS` of the first is a copy of it and ignored. A later
+    one, while the step is finished or the checkpoint saved, ends the process at once
+    (``os._exit``, status 128 + its number): the checkpoint file is replaced by a rename only
+    once complete, so the previous one stays intact, and rank 0 removes the unfinished one.
+
+    After the block the handlers before are restored; after a stop, only once
+    :data:`LATE_SECONDS` have passed (a late copy of the stop, such as torchrun's agent sends to
+    the ranks still running once one has exited, is ignored until then; a signal after that
+    gets the handler before, and the handler from then on).
+    """
+
+    def __init__(self, rank: int, checkpoint: Path, saved_step: int | None) -> None:
+        self.rank, self.checkpoint = rank, checkpoint
+        self.requested: int | None = None
+        self.cause = ""  # what requested the stop: SIGTERM, ...
+        self.saved_step = saved_step  # the step the checkpoint file holds, if any
+        self._first_at = 0.0
+        self._ended_at: float | None = None  # the block's end, after a stop
+        self._done = threading.Event()  # the block's end
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun's agent, our parent
+                threading.Thread(
+                    target=self._watch_launcher, args=(os.getppid(),), daemon=True
+                ).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self.requested is None:
+            self._restore()
+        else:
+            self._ended_at = time.monotonic()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _watch_launcher(self, launcher: int) -> None:
+        while not self._done.wait(1.0):
+            if os.getppid() != launcher:
+                self._request(signal.SIGTERM, f"the end of its launcher (process {launcher})")
+                return
+
+    def _request(self, signum: int, cause: str) -> None:
+        if self.requested is None:
+            self.requested, self.cause, self._first_at = signum, cause, time.monotonic()
+            self._say(
+                f"ipt-train: {cause}: stopping after the step under way and saving the steps "
+                f"done; a second signal ({REPEAT_SECONDS:g} s or more later) exits at once "
+                "without saving\n"
+            )
+
+    def _handle(self, signum: int, frame: object) -> None:
+        now, name = time.monotonic(), signal.Signals(signum).name
+        if self._ended_at is not None:
+            if now - self._ended_at < LATE_SECONDS:
+                return
+            self._restore()
+            os.kill(os.getpid(), signum)  # to the handler before, which is back
+            return
+        if self.requested is None:
+            self._request(signum, name)
+            return
+        if now - self._first_at < REPEAT_SECONDS:
+            return  # the same stop delivered twice
+        if self.rank == 0:
+            self._discard_unfinished_save()
+        kept = (
+            f"{self.checkpoint} still holds step {self.saved_step}: --resume continues from it"
+            if self.saved_step is not None
+            else "nothing was saved"
+        )
+        self._say(f"Error: {name} again: exited at once, without saving; {kept}\n")
+        os._exit(128 + signum)
+
+    def _say(self, line: str) -> None:
+        if self.rank == 0:  # os.write, not print: the main thread may be inside a print
+            os.write(2, line.encode())
+
+    def _discard_unfinished_save(self) -> None:
+        """Remove the temporary file of a checkpoint write the exit cuts short (its name:
+        docs/format.md, the temporary names)."""
+        for partial in self.checkpoint.parent.glob(f".{self.checkpoint.name}.*.part"):
+            partial.unlink(missing_ok=True)
+
+
+def _stopped_line(cause: str, out: Path, result: TrainResult, steps: int, env: DistEnv) -> str:
+    """Rank 0's last line after a stop: the steps done and where they are; "" on other ranks."""
+    if env.rank != 0:
+        return ""
+    path = out / STATE_NAME
+    if result.trained:
+        return f"stopped by {cause} after {result.step} of {steps} steps: saved {path}; " + RESUME
+    if result.step:
+        held = f"{path} still holds {result.step} of {steps} steps"
+        return f"stopped by {cause} before training on: {held}; " + RESUME
+    return f"stopped by {cause} before the first step; nothing was saved"
+
+
+RESUME = "--resume continues"
 
 
 class DataFailure(Exception):
@@ -169,6 +344,9 @@ def make_optimizer(parameters, lr: float, implementation: str = TRAINING_ADAM) -
 def _start_step(config, job, optimizer, identity, env) -> int:
     """0 for a fresh run (the same initial weights on every rank), else the saved step."""
     path = Path(config.out) / STATE_NAME
+    if env.rank == 0:  # what a run ended at once in the middle of a save left (StopSignals)
+        for partial in path.parent.glob(f".{STATE_NAME}.*.part"):
+            partial.unlink(missing_ok=True)
     if not config.resume:
         if path.exists():
             raise UserError(f"{path} exists: pass --resume to continue that run, or another --out")
@@ -215,13 +393,14 @@ def _changes(saved: dict, identity: dict, notes: dict) -> str:
     return "; ".join(changes)
 
 
-def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dict:
+def _train_step(job, forward, optimizer, units, step, accum, config, env, stop) -> dict:
     """One optimizer step of ``accum`` micro-batches through ``forward`` (job.model, or it
     compiled); losses averaged over ranks. The step's units are all taken first, and the ranks
-    agree that each has its own before any computes (a DataFailure on every rank otherwise)."""
+    agree that each has its own before any computes (a DataFailure on every rank otherwise), and
+    that none was asked to stop (StopAgreed on every rank otherwise)."""
     task = job.mix.task_at(config.seed, step)
     clock = time.perf_counter()
-    taken, digest = _take_units(units, step, task, accum, env)
+    taken, digest = _take_units(units, step, task, accum, env, stop)
     waited = time.perf_counter() - clock
     for group in optimizer.param_groups:
         group["lr"] = config.schedule.at(step, config.steps)
@@ -252,19 +431,38 @@ def _train_step(job, forward, optimizer, units, step, accum, config, env) -> dic
     }
 
 
-def _take_units(units, step: int, task, accum: int, env: DistEnv) -> tuple[list[dict], str]:
+def _take_units(
+    units, step: int, task, accum: int, env: DistEnv, stop: StopSignals | None = None
+) -> tuple[list[dict], str]:
     """This rank's ``accum`` units of ``step`` and the digest of the whole global batch (the
-    ranks' digest sums added up). A rank whose data failed makes every rank raise DataFailure,
-    before any of them enters the step's collectives."""
+    ranks' digest sums added up). Before any rank enters the step's collectives, in the one
+    all-reduce: a rank asked to stop (``stop.requested``; it takes no more units) makes every
+    rank raise StopAgreed, and a rank whose data failed every rank raise DataFailure."""
+    stop = stop or StopSignals(env.rank, Path(), None)  # one that never hears a signal
     taken, problem = [], ""
     try:
         for _ in range(accum):
+            if stop.requested is not None:
+                break
             taken.append(check_unit(next(units)))
     except UserError as error:
         problem = str(error)
+    except Exception:
+        if stop.requested is None:
+            raise
+        # else the stop's signal reached the loader's workers too (a job-wide SIGTERM) and the
+        # loader says they are gone: the step is not trained either way
+    stopping = stop.requested
     digests = [unit["digest"] for unit in taken] or [torch.zeros(4, dtype=torch.int64)]
-    # [ranks whose data failed, the 4 digest sums], added over ranks in one collective
-    total = sum_across_ranks(torch.cat([torch.tensor([int(bool(problem))]), sum(digests)]), env)
+    # [ranks whose data failed, ranks stopping per STOP_SIGNALS, the 4 digest sums], summed
+    stops = [int(stopping == signum) for signum in STOP_SIGNALS]
+    flags = torch.tensor([int(bool(problem)), *stops])
+    total = sum_across_ranks(torch.cat([flags, sum(digests)]), env)
+    stopped = [signum for signum, count in zip(STOP_SIGNALS, total[1:4], strict=True) if count]
+    if stopped:  # this rank's own request, else the first signal another rank got
+        if stopping is not None:
+            raise StopAgreed(stopping, stop.cause)
+        raise StopAgreed(stopped[0], signal.Signals(stopped[0]).name)
     if problem:
         raise DataFailure(problem)
     if total[0]:
@@ -272,7 +470,7 @@ def _take_units(units, step: int, task, accum: int, env: DistEnv) -> tuple[list[
     for unit in taken:
         if (unit["step"], unit["task"]) != (step, task.name):
             raise RuntimeError(f"loader out of step: got {unit['step']}, expected {step}")
-    return taken, digest_text(total[1:])
+    return taken, digest_text(total[4:])
 
 
 def run_identity(**settings) -> dict:

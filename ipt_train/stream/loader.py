@@ -18,7 +18,10 @@ batch on any shape.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -140,10 +143,23 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
+# The signals that stop a run (ipt_train.train.STOP_SIGNALS). The training process decides what
+# they do; its loader processes must not die of them meanwhile, since the process may still wait
+# for the next step's units: a terminal's Ctrl-C reaches its whole process group, torchrun's
+# agent signals each rank's process group, a SLURM job's signal reaches every process.
+RUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
 def _exit_with(trainer: int, worker: int) -> None:
-    """End this loader worker once ``trainer`` is gone. A worker started from a forkserver is
-    the forkserver's child, so DataLoader's own check (is my parent alive?) never fires and a
-    training process killed with SIGKILL would leave its workers (and forkserver) forever."""
+    """Set up a loader worker: SIGINT and SIGUSR1 ignored, SIGTERM left as it is (the loader's
+    own shutdown sends it to a worker that does not end in time; a job-wide SIGTERM ends the
+    worker, which the training loop, stopping, allows for); and its end once ``trainer`` is
+    gone. A worker started from a forkserver is the forkserver's child, so DataLoader's own
+    check (is my parent alive?) never fires and a training process killed with SIGKILL would
+    leave its workers (and forkserver) forever."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RUN_SIGNALS)  # blocked in the forkserver
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
@@ -154,6 +170,21 @@ def _exit_with(trainer: int, worker: int) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, daemon=True, name=f"worker {worker}: exit with trainer").start()
+
+
+def start_forkserver() -> None:
+    """Start this process's forkserver and resource tracker, where they are not running, with
+    :data:`RUN_SIGNALS` blocked: they inherit the mask, so those signals never reach them (they
+    end when this process does, at the end of their pipes), and the forkserver's children, the
+    loader workers, start with them blocked too (:func:`_exit_with` sets them up)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)
+    try:
+        multiprocessing.resource_tracker.ensure_running()
+        # Starting the tracker unblocks SIGINT and SIGTERM in this thread (Python 3.11): again.
+        signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)
+        multiprocessing.forkserver.ensure_running()
+    finally:  # a signal that came meanwhile is delivered now
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def check_unit(unit: dict) -> dict:
@@ -168,6 +199,8 @@ def make_loader(stream: StepStream) -> DataLoader:
     workers = stream.config.workers
     # Workers start from a clean forkserver, not a fork of this process: a fork inherits the
     # locked state of OpenCV's thread pool and of fsspec's/Ray's threads and can hang forever.
+    if workers:
+        start_forkserver()
     extra = (
         {
             "prefetch_factor": stream.config.prefetch,
