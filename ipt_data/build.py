@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipt_data.card import write_card
 from ipt_data.configs import BuildConfig
 from ipt_data.distributor import ray_session, run_chunks
 from ipt_data.errors import UserError
@@ -119,6 +120,7 @@ def _build(sources: SourceList, location: SetLocation, config: BuildConfig) -> B
         for folder in ("", STATE_FOLDER, *(task.name for task in config.tasks)):
             remove_partials(location, folder)
         manifest = make_manifest(identity, _chunk_stats(location, jobs, fresh))
+        write_card(location, manifest)  # README.md, the dataset card; the manifest stays last
         write_bytes(location, MANIFEST_NAME, dump_json(manifest))
     return BuildResult(
         manifest=manifest,

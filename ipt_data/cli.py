@@ -177,7 +177,6 @@ def build(
 ) -> None:
     """Build (or resume) a WebDataset shard set of the IPT tasks from an image folder."""
     from ipt_data.build import build_shards, check_every_task_has_samples, summary_lines
-    from ipt_data.card import card_of_set
     from ipt_data.sources import open_sources
     from ipt_data.tasks import parse_tasks
 
@@ -191,7 +190,6 @@ def build(
     )
     with interrupted_then(CHUNKS_KEPT):
         result = build_shards(open_sources(src, file_list, limit), out, config)
-    card_of_set(out)  # the set's README.md, from the manifest just written
     click.echo("\n".join(summary_lines(result)))
     check_every_task_has_samples(result.manifest)
 

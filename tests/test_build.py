@@ -166,6 +166,7 @@ def test_the_build_order_is_a_seeded_hash_of_the_ids(tree):
 
 def test_manifest_counts_sizes_and_hashes(built):
     manifest = json.loads((built / "manifest.json").read_text())
+    assert "configs:" in (built / "README.md").read_text()  # build_shards writes the card too
     images = manifest["images"]
     assert images["listed"] == 15 and images["decoded"] == EXPECTED_DECODED
     assert images["skipped"] == EXPECTED_SKIPPED
