@@ -58,7 +58,13 @@ from ipt_train.model import IPT
 from ipt_train.runlog import RunLog
 from ipt_train.schedule import TaskMix
 from ipt_train.stream.folders import TrainingSource
-from ipt_train.stream.loader import StepStream, check_unit, digest_text, make_loader
+from ipt_train.stream.loader import (
+    StepStream,
+    accumulation,
+    check_unit,
+    digest_text,
+    make_loader,
+)
 from ipt_train.trainstate import STATE_NAME, load_train_state, restore_rng, save_train_state
 
 ADAM_IMPLEMENTATIONS = {
@@ -114,21 +120,12 @@ class TrainResult:
         )
 
 
-def accumulation(config: TrainConfig, micro_batch: int, world: int) -> int:
-    per_step = micro_batch * world
-    if config.batch % per_step:
-        raise UserError(
-            f"--batch {config.batch} is not a multiple of micro batch x processes = {per_step}"
-        )
-    return config.batch // per_step
-
-
 def train(config: TrainConfig, job: Job, env: DistEnv) -> TrainResult:
     """Run (or resume) ``job`` to ``config.steps``; rank 0 writes checkpoints and logs. A stop
     signal ends the run after the step under way with its steps saved, raising
     :class:`Stopped` (see the module doc)."""
     out = Path(config.out)
-    accum = accumulation(config, job.micro_batch, env.world)
+    accum = accumulation(config.batch, job.micro_batch, env.world)
     identity = {**job.identity, "batch": config.batch, "seed": config.seed}
     optimizer = make_optimizer(job.model.parameters(), config.schedule.lr)
     start = _start_step(config, job, optimizer, identity, env)

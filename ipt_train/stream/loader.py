@@ -38,6 +38,17 @@ from ipt_train.schedule import TaskMix
 from ipt_train.stream.order import augment, augment_codes
 
 
+def accumulation(batch: int, micro_batch: int, world: int) -> int:
+    """Micro-batches per process and step: the global ``batch`` over ``micro_batch x world``,
+    which must divide it."""
+    per_step = micro_batch * world
+    if batch % per_step:
+        raise UserError(
+            f"--batch {batch} is not a multiple of micro batch x processes = {per_step}"
+        )
+    return batch // per_step
+
+
 def step_batches(mix: TaskMix, seed: int, batch: int, steps: range) -> Iterator[tuple]:
     """(step, task, first position of its global batch) for each step of ``steps``."""
     counts = mix.steps_before(seed, steps.start)
@@ -65,16 +76,11 @@ class StepStream(IterableDataset):
         config: LoaderConfig,
     ) -> None:
         super().__init__()
-        if batch % (config.micro_batch * world):
-            raise UserError(
-                f"--batch {batch} is not a multiple of micro batch x processes = "
-                f"{config.micro_batch * world}"
-            )
+        self.accum = accumulation(batch, config.micro_batch, world)
         for task in mix.tasks:
             source.check(task)  # fail now, not in a worker, if a task has no data
         self.source, self.mix, self.seed, self.steps = source, mix, seed, steps
         self.batch, self.rank, self.world, self.config = batch, rank, world, config
-        self.accum = batch // (config.micro_batch * world)
 
     def units(self) -> Iterator[tuple[int, Task, np.ndarray]]:
         """(step, task, positions) of each of this rank's units, in order."""
