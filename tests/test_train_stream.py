@@ -134,3 +134,13 @@ def test_a_shard_that_stays_unreachable_keeps_the_steps_done(train_shards, tmp_p
         assert torch.equal(value, again.model.state_dict()[key]), key
     assert batch_digests(failed) == batch_digests(reference)
     assert LoaderConfig().fetch_attempts == 5  # the default the docs state
+
+
+def test_the_old_shuffle_buffer_option_still_runs_with_a_note(train_shards, tmp_path):
+    """--shuffle-buffer (the per-reader buffer before the global order) is accepted, said to be
+    deprecated and ignored, so that scripts passing it keep working."""
+    command = pretrain(train_shards, tmp_path / "run", "--steps", "1", "--shuffle-buffer", "512")
+    command += ["--workers", "0", "--micro-batch", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "note: --shuffle-buffer is deprecated and ignored" in result.stderr
